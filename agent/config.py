@@ -23,7 +23,10 @@ Example (see ``deploy/examples/site-a.yaml``)::
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import enum
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -48,6 +51,103 @@ class FolderSource:
     path: Path
     fundus_grades_csv: Path | None = None  # CSV with columns file,grade[,patient]
     nifti_manifest: Path | None = None  # CSV with columns image,label[,patient]; else the naming rule
+
+
+class PacsKind(str, enum.Enum):
+    """How the agent talks to a PACS."""
+
+    DICOMWEB = "dicomweb"  # QIDO-RS to find, WADO-RS to retrieve, STOW-RS to push
+    DIMSE = "dimse"  # C-FIND, then C-GET or C-MOVE; C-STORE to push
+
+
+class RetrieveMethod(str, enum.Enum):
+    """DIMSE retrieval: C-GET on the same association, or C-MOVE to our own listening SCP."""
+
+    C_GET = "c-get"
+    C_MOVE = "c-move"
+
+
+@dataclasses.dataclass(frozen=True)
+class PacsFilters:
+    """Which series a PACS sync retrieves; an empty filter matches everything."""
+
+    modalities: frozenset[str] = frozenset()
+    series_description: str | None = None  # shell-style pattern, case-insensitive ("*TOF*")
+    date_from: datetime.date | None = None  # study date, inclusive
+    date_to: datetime.date | None = None  # study date, inclusive
+
+
+@dataclasses.dataclass(frozen=True)
+class PacsEndpoint:
+    """Where and how to connect to a DICOM server; the password is never shown or logged."""
+
+    kind: PacsKind
+    url: str | None = None  # DICOMweb base URL, e.g. http://pacs:8042/dicom-web
+    host: str | None = None  # DIMSE
+    port: int | None = None  # DIMSE
+    called_ae: str | None = None  # DIMSE: the PACS's AE title
+    calling_ae: str = "ANONFED"  # DIMSE: our AE title, registered at the PACS
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    password_env: str | None = None  # name of the environment variable holding the password
+    timeout_s: float = 30.0
+
+    def resolve_password(self) -> str | None:
+        """The password from the config or from ``password_env``.
+
+        Raises
+        ------
+        ConfigError
+            If ``password_env`` names a variable that is not set.
+        """
+        if self.password is not None:
+            return self.password
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise ConfigError(
+                f"password_env: environment variable {self.password_env} is not set; export it "
+                "before starting the agent (the password is never read from the command line)"
+            )
+        return value
+
+    def describe(self) -> str:
+        """Where this endpoint is, without credentials."""
+        if self.kind is PacsKind.DICOMWEB:
+            return f"dicomweb {self.url}"
+        return f"dimse {self.called_ae}@{self.host}:{self.port} as {self.calling_ae}"
+
+
+@dataclasses.dataclass(frozen=True)
+class PacsSource:
+    """A PACS synced into a site-local staging folder, which ingest then scans like a folder.
+
+    ``path`` is that staging folder (``<state_dir>/pacs/<name>``), so code that reads folder
+    sources needs no special case; ``fundus_grades_csv`` and ``nifti_manifest`` are always None.
+    """
+
+    name: str
+    endpoint: PacsEndpoint
+    path: Path
+    filters: PacsFilters = PacsFilters()
+    retrieve: RetrieveMethod = RetrieveMethod.C_GET
+    move_port: int | None = None  # C-MOVE: port of our storage SCP, as registered at the PACS
+    max_concurrency: int = 4
+    destination: PacsEndpoint | None = None  # where synthetic outputs are pushed, if anywhere
+    fundus_grades_csv: None = None
+    nifti_manifest: None = None
+
+    @property
+    def kind(self) -> PacsKind:
+        return self.endpoint.kind
+
+    def describe(self) -> str:
+        """One line for ``check-config``: where, what, and where pushes go (no credentials)."""
+        text = f"{self.name}: {self.endpoint.describe()} -> {self.path}"
+        if self.destination is not None:
+            text += f" (push to {self.destination.describe()})"
+        return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +202,7 @@ class SiteConfig:
     """A validated site configuration."""
 
     site_id: str
-    sources: tuple[FolderSource, ...]
+    sources: tuple[FolderSource | PacsSource, ...]
     state: StatePaths
     privacy: PrivacyPolicy
     ingest: IngestSettings = IngestSettings()
@@ -111,7 +211,7 @@ class SiteConfig:
     def describe(self) -> str:
         """Human-readable summary (no secrets, no patient data)."""
         lines = [f"site_id: {self.site_id}", f"state_dir: {self.state.root}", "sources:"]
-        lines += [f"  - {s.path}" for s in self.sources]
+        lines += [f"  - {s.describe() if isinstance(s, PacsSource) else s.path}" for s in self.sources]
         p = self.privacy
         tasks = ", ".join(sorted(t.value for t in p.accepted_tasks))
         lines += [
@@ -153,27 +253,44 @@ def parse_site_config(raw: Any, *, base_dir: Path, source_file: Path | None = No
         raise ConfigError(
             f"site_id: expected 2-63 lowercase letters, digits or '-', starting with a letter or digit; got {site_id!r}"
         )
-    sources = tuple(_parse_source(item, i, base_dir) for i, item in enumerate(_list(_required(top, "sources", ""), "sources")))
+    state = StatePaths(_path(_required(top, "state_dir", ""), "state_dir", base_dir))
+    sources = tuple(
+        _parse_source(item, i, base_dir, state) for i, item in enumerate(_list(_required(top, "sources", ""), "sources"))
+    )
     if not sources:
         raise ConfigError("sources: at least one source folder is required")
-    state = StatePaths(_path(_required(top, "state_dir", ""), "state_dir", base_dir))
+    _reject_duplicate_pacs_names(sources)
     privacy = _parse_privacy(_mapping(_required(top, "privacy", ""), "privacy"))
     ingest = _parse_ingest(_mapping(top.get("ingest", {}) or {}, "ingest"))
     return SiteConfig(site_id, sources, state, privacy, ingest, source_file)
 
 
-def _parse_source(item: Any, index: int, base_dir: Path) -> FolderSource:
+def _parse_source(item: Any, index: int, base_dir: Path, state: StatePaths) -> FolderSource | PacsSource:
     where = f"sources[{index}]"
     if isinstance(item, str):
         item = {"path": item}
     m = _mapping(item, where)
-    _reject_unknown(m, {"path", "fundus_grades_csv", "nifti_manifest"}, where + ".")
+    kind = m.get("kind", "folder")
+    if kind != "folder":
+        from agent.pacs.source_config import parse_pacs_source  # PACS keys are validated there
+
+        return parse_pacs_source(m, where=where, index=index, state_root=state.root)
+    _reject_unknown(m, {"kind", "path", "fundus_grades_csv", "nifti_manifest"}, where + ".")
     folder = _path(_required(m, "path", where + "."), f"{where}.path", base_dir)
     if not folder.is_dir():
         raise ConfigError(f"{where}.path: folder {folder} does not exist or is not a directory")
     csv = _optional_file(m, "fundus_grades_csv", where, base_dir)
     manifest = _optional_file(m, "nifti_manifest", where, base_dir)
     return FolderSource(folder, csv, manifest)
+
+
+def _reject_duplicate_pacs_names(sources: tuple[FolderSource | PacsSource, ...]) -> None:
+    seen: set[str] = set()
+    for i, s in enumerate(sources):
+        if isinstance(s, PacsSource):
+            if s.name in seen:
+                raise ConfigError(f"sources[{i}].name: {s.name!r} is used twice; each PACS source needs its own name")
+            seen.add(s.name)
 
 
 def _parse_privacy(m: Mapping[str, Any]) -> PrivacyPolicy:
