@@ -36,6 +36,13 @@ class IngestError(BadInputError):
     help_text = "The file was quarantined and left untouched; see `anonfed quarantine` for reasons."
 
 
+class MessageSchemaError(BadInputError):
+    """A message between agent and coordinator does not match its schema in protocols/messages.py."""
+
+    exit_code = 5
+    help_text = "The peer sent a message this version does not understand; update the older side."
+
+
 # -- policy: the request is well formed but not allowed ---------------------------------------
 class PolicyError(AnonfedError):
     """A request violates a privacy policy (site or consortium)."""
