@@ -1,0 +1,483 @@
+"""Every message exchanged between a site's agent and the coordinator: the wire contract.
+
+Invariants (checked here, relied on by the egress guard and the coordinator):
+
+* Each message is a frozen dataclass with a ``KIND`` and carries :data:`SCHEMA_VERSION`.
+* Field values are restricted to :data:`SCALAR_TYPES` (declared once, here), ``None`` for optional
+  fields, enums from :mod:`protocols.tasks`, and tuples of strings. ``bool`` is never accepted
+  where a number is expected (Flower's MetricRecord rejects it on purpose; so do we).
+* Decoding rejects unknown fields, missing fields, wrong types and unknown record names.
+* No message type exists that could carry raw data: arrays travel only as named model weights
+  (train replies and instructions) or as synthetic samples (synthesize replies); what is allowed in
+  them is decided by the egress guard against the round plan.
+
+Conversion to and from Flower records imports ``flwr`` lazily, so auditors' tools that only need
+the schemas never load it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import io
+import math
+import re
+import typing
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from protocols.errors import MessageSchemaError
+from protocols.tasks import PrivacyUnit, Task
+
+SCHEMA_NAME = "anonfed.messages"
+SCHEMA_VERSION = 1
+
+#: The only scalar value types any message field may hold (bool is checked before int).
+SCALAR_TYPES: tuple[type, ...] = (bool, int, float, str, bytes)
+
+#: Record names inside a Flower RecordDict; anything else is rejected on decode.
+HEADER_RECORD = "header"
+BODY_RECORD = "body"
+ARRAYS_RECORD = "arrays"
+METRICS_RECORD = "metrics"
+
+MAX_STRING_CHARS = 2_000
+MAX_BYTES = 64 * 1024
+_METRIC_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+# -- base class ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WireMessage:
+    """Base of every message: typed fields validated at construction."""
+
+    KIND: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_value(type(self).KIND, f.name, getattr(self, f.name), hints[f.name])
+        self.validate()
+
+    def validate(self) -> None:
+        """Message-specific rules beyond types (overridden by subclasses)."""
+
+    def to_config(self) -> dict[str, Any]:
+        """Flat ``{field: scalar}`` mapping; ``None`` fields are omitted, enums become strings."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any]) -> "WireMessage":
+        """Rebuild a message from :meth:`to_config` output.
+
+        Raises
+        ------
+        MessageSchemaError
+            On an unknown or missing field or a value of the wrong type.
+        """
+        hints = _hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise MessageSchemaError(
+                f"{cls.KIND}: unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(names))}"
+            )
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in raw:
+                if not _is_optional(hints[f.name]):
+                    raise MessageSchemaError(f"{cls.KIND}: required field {f.name!r} is missing")
+                kwargs[f.name] = None
+                continue
+            kwargs[f.name] = _coerce(cls.KIND, f.name, raw[f.name], hints[f.name])
+        return cls(**kwargs)
+
+
+# -- coordinator -> site ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrainInstruction(WireMessage):
+    """Ask a site to run one local DP-GAN round from the weights carried alongside."""
+
+    KIND: ClassVar[str] = "train-instruction"
+    run_id: str
+    round: int
+    task: Task
+    dataset_id: str
+    architecture: str
+    patch_size: int
+    patches_per_volume: int
+    local_steps: int
+    total_planned_steps: int
+    target_epsilon: float | None
+    delta: float
+    unit: PrivacyUnit
+    expected_batch_patients: int
+    max_grad_norm: float
+    seed: int
+
+    def validate(self) -> None:
+        _positive(self, "round", "patch_size", "patches_per_volume", "local_steps", "total_planned_steps")
+        _positive(self, "expected_batch_patients", "max_grad_norm")
+        if self.local_steps > self.total_planned_steps:
+            raise MessageSchemaError(
+                f"{self.KIND}: local_steps ({self.local_steps}) must not exceed total_planned_steps "
+                f"({self.total_planned_steps})"
+            )
+        if self.task not in (Task.DPGAN, Task.GAN_NODP):
+            raise MessageSchemaError(f"{self.KIND}: task must be dpgan or gan-nodp, got {self.task.value}")
+        if self.task is Task.DPGAN and (self.target_epsilon is None or not self.target_epsilon > 0):
+            raise MessageSchemaError(f"{self.KIND}: a dpgan round needs target_epsilon > 0")
+        if not 0 < self.delta < 1:
+            raise MessageSchemaError(f"{self.KIND}: delta must be in (0, 1), got {self.delta}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesizeQuery(WireMessage):
+    """Ask a site for ``count`` synthetic image+label pairs from its last released model."""
+
+    KIND: ClassVar[str] = "synthesize-query"
+    run_id: str
+    round: int
+    count: int
+    seed: int
+    architecture: str
+    patch_size: int
+
+    def validate(self) -> None:
+        _positive(self, "count", "patch_size")
+        if self.count > 10_000:
+            raise MessageSchemaError(f"{self.KIND}: count is at most 10000 per query, got {self.count}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusQuery(WireMessage):
+    """Ask a site who it is and what its policy and spent budget are."""
+
+    KIND: ClassVar[str] = "status-query"
+    run_id: str
+
+
+# -- site -> coordinator ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrainReply(WireMessage):
+    """A finished local round: DP weights (in the array record) and the privacy spent."""
+
+    KIND: ClassVar[str] = "train-reply"
+    run_id: str
+    round: int
+    site_id: str
+    task: Task
+    num_patients: int
+    weights_sha256: str
+    epsilon_round: float
+    epsilon_cumulative: float
+    delta: float
+    unit: PrivacyUnit
+    noise_multiplier: float | None
+    sample_rate: float | None
+    steps: int | None
+    max_grad_norm: float | None
+    accountant: str | None
+    claim: bytes | None  # the site's signed ledger claim (canonical bytes), when a ledger exists
+
+    def validate(self) -> None:
+        _site_id(self)
+        _sha(self, "weights_sha256")
+        _positive(self, "num_patients")
+        if self.task is Task.DPGAN:
+            for name in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant"):
+                if getattr(self, name) is None:
+                    raise MessageSchemaError(f"{self.KIND}: a dpgan reply must state the mechanism field {name!r}")
+        if self.epsilon_round < 0 or self.epsilon_cumulative < self.epsilon_round:
+            raise MessageSchemaError(
+                f"{self.KIND}: expected 0 <= epsilon_round <= epsilon_cumulative, got "
+                f"{self.epsilon_round} and {self.epsilon_cumulative}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesizeReply(WireMessage):
+    """Synthetic pairs (array ``samples``: count x 2 x S x S float32) and their provenance."""
+
+    KIND: ClassVar[str] = "synthesize-reply"
+    run_id: str
+    round: int
+    site_id: str
+    count: int
+    method: str
+    guarantee: str
+    model_round: int
+    epsilon_cumulative: float
+    delta: float
+    unit: PrivacyUnit
+    samples_sha256: str
+    claim: bytes | None
+
+    def validate(self) -> None:
+        _site_id(self)
+        _sha(self, "samples_sha256")
+        _positive(self, "count")
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReply(WireMessage):
+    """A site's identity, policy and spent budget (no patient data)."""
+
+    KIND: ClassVar[str] = "status-reply"
+    site_id: str
+    accepted_tasks: tuple[str, ...]
+    max_epsilon: float
+    delta: float
+    unit: PrivacyUnit
+    min_patients: int
+    epsilon_spent: float
+    num_patients: int
+    agent_version: str
+
+    def validate(self) -> None:
+        _site_id(self)
+        for t in self.accepted_tasks:
+            try:
+                Task(t)
+            except ValueError as exc:
+                raise MessageSchemaError(f"{self.KIND}: unknown task {t!r} in accepted_tasks") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal(WireMessage):
+    """A structured 'no': the site refused a request under its policy or failed safely."""
+
+    KIND: ClassVar[str] = "refusal"
+    run_id: str
+    round: int
+    site_id: str
+    request_kind: str
+    code: str  # short machine-readable reason, e.g. budget-exceeded, task-refused, egress-blocked
+    exit_code: int
+    reason: str  # human-readable, checked by the egress guard like any other string
+    epsilon_cumulative: float | None
+
+    def validate(self) -> None:
+        _site_id(self)
+        if not re.match(r"^[a-z][a-z0-9-]{1,40}$", self.code):
+            raise MessageSchemaError(f"{self.KIND}: code must be a short lowercase slug, got {self.code!r}")
+
+
+REQUESTS: dict[str, type[WireMessage]] = {c.KIND: c for c in (TrainInstruction, SynthesizeQuery, StatusQuery)}
+REPLIES: dict[str, type[WireMessage]] = {c.KIND: c for c in (TrainReply, SynthesizeReply, StatusReply, Refusal)}
+ALL_KINDS: dict[str, type[WireMessage]] = {**REQUESTS, **REPLIES}
+
+#: Flower message types used for each request kind.
+FLOWER_MESSAGE_TYPE: dict[str, str] = {
+    TrainInstruction.KIND: "train",
+    SynthesizeQuery.KIND: "query.synthesize",
+    StatusQuery.KIND: "query.status",
+}
+
+
+# -- envelopes and Flower conversion ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    """A message with the arrays and aggregate metrics that travel beside it."""
+
+    message: WireMessage
+    arrays: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, arr in self.arrays.items():
+            if not isinstance(name, str) or not isinstance(arr, np.ndarray):
+                raise MessageSchemaError(f"{self.message.KIND}: arrays must map names to numpy arrays")
+            if arr.dtype == object:
+                raise MessageSchemaError(f"{self.message.KIND}: array {name!r} has dtype object (not allowed)")
+        for key, value in self.metrics.items():
+            if not isinstance(key, str) or not _METRIC_KEY.match(key):
+                raise MessageSchemaError(f"{self.message.KIND}: metric key {key!r} is not a lowercase identifier")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise MessageSchemaError(f"{self.message.KIND}: metric {key!r} must be a finite number, got {value!r}")
+
+
+def to_recorddict(envelope: Envelope) -> Any:
+    """Encode an envelope as a Flower ``RecordDict`` (header, body, arrays, metrics records)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    msg = envelope.message
+    records: dict[str, Any] = {
+        HEADER_RECORD: ConfigRecord({"schema": SCHEMA_NAME, "schema-version": SCHEMA_VERSION, "kind": msg.KIND}),
+        BODY_RECORD: ConfigRecord(msg.to_config()),
+    }
+    if envelope.arrays:
+        rec = ArrayRecord()
+        for name, arr in envelope.arrays.items():
+            rec[name] = Array(np.ascontiguousarray(arr))
+        records[ARRAYS_RECORD] = rec
+    if envelope.metrics or isinstance(msg, TrainReply):
+        metrics = dict(envelope.metrics)
+        if isinstance(msg, TrainReply):
+            metrics["num-examples"] = msg.num_patients  # what Flower strategies weight by
+        records[METRICS_RECORD] = MetricRecord(metrics)
+    return RecordDict(records)
+
+
+def from_recorddict(content: Any, *, expect: tuple[type[WireMessage], ...] | None = None) -> Envelope:
+    """Decode a Flower ``RecordDict`` produced by :func:`to_recorddict`.
+
+    Raises
+    ------
+    MessageSchemaError
+        If a record is unknown or missing, the schema or version differs, the kind is not one of
+        ``expect``, or the body does not validate.
+    """
+    names = set(content.keys())
+    unknown = sorted(names - {HEADER_RECORD, BODY_RECORD, ARRAYS_RECORD, METRICS_RECORD})
+    if unknown:
+        raise MessageSchemaError(f"message carries unknown record {unknown[0]!r}")
+    if HEADER_RECORD not in names or BODY_RECORD not in names:
+        raise MessageSchemaError("message lacks the 'header' or 'body' record; not an anonfed message")
+    header = dict(content.config_records[HEADER_RECORD])
+    if header.get("schema") != SCHEMA_NAME or header.get("schema-version") != SCHEMA_VERSION:
+        raise MessageSchemaError(
+            f"expected schema {SCHEMA_NAME} version {SCHEMA_VERSION}, got {header.get('schema')!r} "
+            f"version {header.get('schema-version')!r}; upgrade the older side"
+        )
+    kind = header.get("kind")
+    cls = ALL_KINDS.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise MessageSchemaError(f"unknown message kind {kind!r}; known: {', '.join(sorted(ALL_KINDS))}")
+    if expect is not None and cls not in expect:
+        raise MessageSchemaError(f"expected one of {[c.KIND for c in expect]}, got {kind!r}")
+    body = cls.from_config(dict(content.config_records[BODY_RECORD]))
+    arrays: dict[str, np.ndarray] = {}
+    if ARRAYS_RECORD in names:
+        arrays = {k: v.numpy() for k, v in content.array_records[ARRAYS_RECORD].items()}
+    metrics: dict[str, float] = {}
+    if METRICS_RECORD in names:
+        metrics = {k: v for k, v in content.metric_records[METRICS_RECORD].items() if k != "num-examples"}
+    return Envelope(body, arrays, metrics)
+
+
+# -- canonical hashing of arrays -------------------------------------------------------------------
+def canonical_array_bytes(arr: np.ndarray) -> bytes:
+    """The bytes hashed and stored for one array: ``.npy`` v1.0, little-endian, C order, no pickle."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, version=(1, 0), allow_pickle=False)
+    return buf.getvalue()
+
+
+def array_sha256(arr: np.ndarray) -> str:
+    """sha256 (hex) of :func:`canonical_array_bytes`."""
+    return hashlib.sha256(canonical_array_bytes(arr)).hexdigest()
+
+
+def weights_sha256(weights: Mapping[str, np.ndarray]) -> str:
+    """Digest of a named set of arrays, independent of dict order (domain-separated per entry)."""
+    h = hashlib.sha256(b"anonfed-weights-v1\x00")
+    for name in sorted(weights):
+        h.update(name.encode("utf-8") + b"\x00" + bytes.fromhex(array_sha256(weights[name])))
+    return h.hexdigest()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+_HINT_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINT_CACHE:
+        _HINT_CACHE[cls] = typing.get_type_hints(cls)
+    return _HINT_CACHE[cls]
+
+
+def _is_optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+def _base_type(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if _is_optional(hint) else hint
+
+
+def _check_value(kind: str, name: str, value: Any, hint: Any) -> None:
+    if value is None:
+        if not _is_optional(hint):
+            raise MessageSchemaError(f"{kind}: field {name!r} is required, got None")
+        return
+    base = _base_type(hint)
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise MessageSchemaError(f"{kind}: field {name!r} must be a tuple of strings, got {value!r}")
+        for v in value:
+            _check_string(kind, name, v)
+        return
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        if not isinstance(value, base):
+            raise MessageSchemaError(f"{kind}: field {name!r} must be a {base.__name__}, got {value!r}")
+        return
+    if base not in SCALAR_TYPES:
+        raise MessageSchemaError(f"{kind}: field {name!r} has undeclared type {base!r}")  # a schema bug
+    if isinstance(value, bool) and base is not bool:
+        raise MessageSchemaError(f"{kind}: field {name!r} must be {base.__name__}, got a bool")
+    if base is float and isinstance(value, int):
+        raise MessageSchemaError(f"{kind}: field {name!r} must be a float, got int {value!r}")
+    if not isinstance(value, base):
+        raise MessageSchemaError(f"{kind}: field {name!r} must be {base.__name__}, got {type(value).__name__}")
+    if base is float and not math.isfinite(value):
+        raise MessageSchemaError(f"{kind}: field {name!r} must be finite, got {value!r}")
+    if base is str:
+        _check_string(kind, name, value)
+    if base is bytes and len(value) > MAX_BYTES:
+        raise MessageSchemaError(f"{kind}: field {name!r} holds {len(value)} bytes, at most {MAX_BYTES} allowed")
+
+
+def _check_string(kind: str, name: str, value: str) -> None:
+    if len(value) > MAX_STRING_CHARS:
+        raise MessageSchemaError(f"{kind}: field {name!r} is {len(value)} characters, at most {MAX_STRING_CHARS}")
+
+
+def _coerce(kind: str, name: str, value: Any, hint: Any) -> Any:
+    base = _base_type(hint)
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, list):
+            raise MessageSchemaError(f"{kind}: field {name!r} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        try:
+            return base(value)
+        except ValueError as exc:
+            allowed = [m.value for m in base]
+            raise MessageSchemaError(f"{kind}: field {name!r} must be one of {allowed}, got {value!r}") from exc
+    return value
+
+
+def _positive(msg: WireMessage, *names: str) -> None:
+    for name in names:
+        value = getattr(msg, name)
+        if value is not None and not value > 0:
+            raise MessageSchemaError(f"{msg.KIND}: field {name!r} must be > 0, got {value!r}")
+
+
+def _site_id(msg: WireMessage) -> None:
+    site = getattr(msg, "site_id")
+    if not _SITE_ID.match(site):
+        raise MessageSchemaError(f"{msg.KIND}: site_id must be 2-63 lowercase letters, digits or '-', got {site!r}")
+
+
+def _sha(msg: WireMessage, name: str) -> None:
+    if not _SHA256.match(getattr(msg, name)):
+        raise MessageSchemaError(f"{msg.KIND}: field {name!r} must be 64 lowercase hex digits")
