@@ -1,0 +1,88 @@
+"""StyleGAN checkpoints: tensors and plain values only, loaded with ``weights_only=True``.
+
+A checkpoint never contains pickled code, so loading one cannot run anything. Its ``metadata``
+carries the training mode and the ``release_policy`` marker that the egress guard reads: a
+``site-only`` model (trained without DP) must never leave the site.
+
+Layout::
+
+    {"format": FORMAT, "metadata": {"training_mode", "release_policy", "step", ...},
+     "arch": StyleGANConfig as dict, "train": TrainingConfig as dict,
+     "state": {"generator": ..., "generator_ema": ..., "discriminator": ...,
+               "g_optimizer": ..., "d_optimizer": ..., "augment": ..., "rng": ByteTensor}}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent.stylegan.config import ReleasePolicy
+from protocols.errors import BadInputError, EgressBlockedError
+
+FORMAT = "anonfed-stylegan-checkpoint/1"
+RELEASE_POLICY_KEY = "release_policy"
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format": FORMAT, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, refusing anything that is not plain data.
+
+    Raises
+    ------
+    BadInputError
+        If the file cannot be read, holds pickled objects other than tensors and plain values, or
+        is not a StyleGAN checkpoint.
+    """
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        # weights_only refuses pickled classes/functions with an UnpicklingError (a RuntimeError).
+        raise BadInputError(f"cannot load StyleGAN checkpoint {Path(path).name}: only tensors and plain values "
+                            f"are accepted ({type(exc).__name__}); re-export it with save_checkpoint") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise BadInputError(f"{Path(path).name} is not a StyleGAN checkpoint: expected format {FORMAT!r}, "
+                            f"found {found!r}")
+    return payload
+
+
+def generator_arrays_for_release(payload: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The EMA generator's weights as float32 arrays, only if the checkpoint may leave the site.
+
+    This is the model's own check; the egress guard checks the same marker independently.
+
+    Raises
+    ------
+    EgressBlockedError
+        If the checkpoint's release policy is not ``dp-releasable`` (e.g. a ``local`` model).
+    """
+    policy = payload.get("metadata", {}).get(RELEASE_POLICY_KEY)
+    if policy != ReleasePolicy.DP_RELEASABLE.value:
+        raise EgressBlockedError(
+            f"StyleGAN weights with release_policy={policy!r} may not leave the site: only models trained "
+            f"with mode federated-dp ({ReleasePolicy.DP_RELEASABLE.value!r}) are releasable; release synthetic "
+            f"images sampled at the site instead"
+        )
+    state = payload["state"]["generator_ema"]
+    return {f"generator.{k}": v.detach().cpu().to(torch.float32).numpy().copy() for k, v in state.items()}

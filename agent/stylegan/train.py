@@ -1,0 +1,237 @@
+"""StyleGAN2 training at the site: one step, a loop with checkpoints, resume and progress.
+
+``StyleGANTrainer.step`` trains the discriminator once, then the generator once, then updates the
+generator EMA and (in ``local`` mode) the adaptive augmentation probability. In ``federated-dp``
+mode the discriminator step is DP-SGD over Poisson-sampled patients (:mod:`agent.stylegan.dp_step`);
+the generator only ever sees the discriminator, so its updates are post-processing.
+
+All randomness (weights init, z, noise, augmentation, batch choice, DP noise) comes from one
+``torch.Generator`` seeded at construction and saved in every checkpoint, so a resumed run is
+bit-identical to an uninterrupted one on the same device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from agent.stylegan.augment import AdaptiveAugment, augment
+from agent.stylegan.checkpoint import RELEASE_POLICY_KEY, load_checkpoint, save_checkpoint
+from agent.stylegan.config import StyleGANConfig, TrainingConfig, TrainingMode, release_policy_for
+from agent.stylegan.discriminator import Discriminator
+from agent.stylegan.dp_step import DPSettings, dp_discriminator_grads, poisson_patient_batch
+from agent.stylegan.ema import ema_beta, update_ema
+from agent.stylegan.generator import Generator
+from agent.stylegan.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
+from protocols.errors import BadInputError, ConfigError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, dict[str, float]], None]
+
+
+class StyleGANTrainer:
+    """Generator, discriminator, EMA generator, optimisers, augmentation and RNG of one run."""
+
+    def __init__(self, arch: StyleGANConfig, train: TrainingConfig, *, mode: TrainingMode, seed: int,
+                 dp: DPSettings | None = None, device: str | torch.device = "cpu") -> None:
+        if (mode is TrainingMode.FEDERATED_DP) != (dp is not None):
+            raise ConfigError(f"stylegan mode {mode.value}: DP settings are required for federated-dp and "
+                              f"not allowed for local")
+        if mode is TrainingMode.FEDERATED_DP and arch.mbstd_group_size:
+            raise ConfigError("stylegan.mbstd_group_size must be 0 for federated-dp: minibatch stddev mixes "
+                              "patients, so per-patient gradients would not be per patient")
+        self.arch, self.train, self.mode, self.dp = arch, train, mode, dp
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # layer constructors draw from the global RNG; keep it private
+            self.G = Generator(arch).to(self.device)
+            self.D = Discriminator(arch).to(self.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self._cuda = self.device.type == "cuda"
+        if self._cuda and train.channels_last:
+            self.D.to(memory_format=torch.channels_last)
+        self.g_opt = torch.optim.Adam(self.G.parameters(), lr=train.g_lr, betas=train.betas)
+        self.d_opt = torch.optim.Adam(self.D.parameters(), lr=train.d_lr, betas=train.betas)
+        self.ada = AdaptiveAugment(p=train.augment_p, target=train.augment_target,
+                                   speed_images=train.augment_speed_images, adaptive=mode is TrainingMode.LOCAL)
+        self.rng = torch.Generator(device="cpu").manual_seed(seed + 1)  # CPU: same stream on any device
+        self.step_count = 0
+
+    # -- one training step --------------------------------------------------------------------
+    def step(self, real: torch.Tensor, patient_of_sample: torch.Tensor | None = None, *,
+             n_patients: int | None = None) -> dict[str, float]:
+        """Train D once and G once on ``real`` (B, C, R, R) in [-1, 1]; return metrics."""
+        expected = (self.arch.image_channels, self.arch.resolution, self.arch.resolution)
+        if real.ndim != 4 or tuple(real.shape[1:]) != expected:
+            raise BadInputError(f"stylegan step: expected real images (B, {', '.join(map(str, expected))}), "
+                                f"got {tuple(real.shape)}")
+        real = real.to(self.device)
+        if self.mode is TrainingMode.LOCAL:
+            metrics = self._d_step_local(real)
+        else:
+            if patient_of_sample is None or n_patients is None:
+                raise BadInputError("federated-dp step needs the patient of every image and the patient count")
+            metrics = self._d_step_dp(real, patient_of_sample, n_patients)
+        metrics.update(self._g_step(batch=max(real.shape[0], 1)))
+        update_ema(self.G_ema, self.G, beta=ema_beta(batch_size=max(real.shape[0], 1),
+                                                     half_life_images=self.train.ema_half_life_images))
+        self.step_count += 1
+        if self.step_count % self.train.augment_interval == 0:
+            r_t = self.ada.update()
+            if r_t is not None:
+                metrics["ada_rt"] = r_t
+        metrics["augment_p"] = self.ada.p
+        return metrics
+
+    def _fakes(self, batch: int, *, grad: bool) -> torch.Tensor:
+        z = self.G.sample_z(batch, generator=self.rng).to(self.device)
+        with torch.set_grad_enabled(grad), self._autocast():
+            return self.G(z, noise_mode="random", generator=self.rng, update_w_avg=grad).float()
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.ada.p, generator=self.rng)
+
+    def _d_step_local(self, real: torch.Tensor) -> dict[str, float]:
+        fake = self._fakes(real.shape[0], grad=False)
+        self.D.requires_grad_(True)
+        with self._autocast():
+            real_logits = self.D(self._cl(self._augment(real))).float()
+            fake_logits = self.D(self._cl(self._augment(fake))).float()
+        loss = d_logistic_loss(real_logits, fake_logits).mean()
+        self.ada.observe(real_logits)
+        metrics = {"d_loss": float(loss.detach())}
+        if self.step_count % self.train.r1_interval == 0 and self.train.r1_gamma > 0:
+            # Lazy R1 (StyleGAN2): every r1_interval steps, scaled up by the interval. Kept in float32.
+            penalty, _ = r1_penalty(self.D, self._cl(self._augment(real)))
+            loss = loss + 0.5 * self.train.r1_gamma * self.train.r1_interval * penalty.mean()
+            metrics["r1"] = float(penalty.detach().mean())
+        self.d_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.d_opt.step()
+        return metrics
+
+    def _d_step_dp(self, real: torch.Tensor, patient_of_sample: torch.Tensor, n_patients: int) -> dict[str, float]:
+        assert self.dp is not None
+        fake = self._fakes(real.shape[0], grad=False) if real.shape[0] else real
+        grads, loss = dp_discriminator_grads(
+            self.D, self._augment(real) if real.shape[0] else real, self._augment(fake) if real.shape[0] else fake,
+            patient_of_sample, self.dp, r1_gamma=self.train.r1_gamma, n_patients=n_patients, generator=self.rng,
+        )
+        self.d_opt.zero_grad(set_to_none=True)
+        for name, p in self.D.named_parameters():
+            p.grad = grads[name].to(device=p.device, dtype=p.dtype)
+        self.d_opt.step()
+        return {"d_loss": loss, "dp_batch": float(real.shape[0])}
+
+    def _g_step(self, *, batch: int) -> dict[str, float]:
+        self.D.requires_grad_(False)  # G's step must not leave gradients on D
+        fake = self._fakes(batch, grad=True)
+        with self._autocast():
+            loss = g_nonsaturating_loss(self.D(self._cl(self._augment(fake))).float()).mean()
+        self.g_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.g_opt.step()
+        self.D.requires_grad_(True)
+        return {"g_loss": float(loss.detach())}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._cuda and self.train.mixed_precision:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _cl(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self._cuda and self.train.channels_last else x
+
+    # -- batches ------------------------------------------------------------------------------
+    def batches(self, images: torch.Tensor, patient_index: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless batches: uniform images (local) or Poisson-sampled patients (federated-dp)."""
+        while True:
+            if self.mode is TrainingMode.LOCAL:
+                idx = torch.randint(images.shape[0], (self.train.batch_size,), generator=self.rng)
+            else:
+                assert self.dp is not None
+                idx = poisson_patient_batch(patient_index, sample_rate=self.dp.sample_rate,
+                                            max_images_per_patient=self.dp.max_images_per_patient, generator=self.rng)
+            yield images[idx], patient_index[idx]
+
+    def fit(self, images: torch.Tensor, patient_index: torch.Tensor, *, steps: int,
+            checkpoint_path: Path | None = None, checkpoint_every: int = 0,
+            progress: Progress | None = None) -> dict[str, float]:
+        """Train until ``step_count == steps`` (so a resumed trainer continues where it stopped)."""
+        n_patients = int(patient_index.max()) + 1
+        metrics: dict[str, float] = {}
+        source = self.batches(images, patient_index)
+        while self.step_count < steps:
+            t0 = time.perf_counter()
+            real, pids = next(source)
+            metrics = self.step(real, pids, n_patients=n_patients)
+            metrics["seconds"] = time.perf_counter() - t0
+            if progress is not None:
+                progress(self.step_count, metrics)
+            log.debug("step %d: %s", self.step_count, metrics)
+            if checkpoint_path is not None and checkpoint_every and self.step_count % checkpoint_every == 0:
+                self.save(checkpoint_path)
+        if checkpoint_path is not None:
+            self.save(checkpoint_path)
+        return metrics
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict[str, object]:
+        """Everything needed to resume, as tensors and plain values."""
+        return {
+            "metadata": {"training_mode": self.mode.value, RELEASE_POLICY_KEY: release_policy_for(self.mode).value,
+                         "step": self.step_count, "dp": dataclasses.asdict(self.dp) if self.dp else None},
+            "arch": self.arch.to_dict(),
+            "train": dataclasses.asdict(self.train),
+            "state": {"generator": self.G.state_dict(), "generator_ema": self.G_ema.state_dict(),
+                      "discriminator": self.D.state_dict(), "g_optimizer": self.g_opt.state_dict(),
+                      "d_optimizer": self.d_opt.state_dict(), "augment": self.ada.state_dict(),
+                      "rng": self.rng.get_state()},
+        }
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(Path(path), self.state())
+        log.info("checkpoint at step %d written", self.step_count)
+
+    def load(self, path: Path) -> None:
+        """Resume from a checkpoint of the same architecture, settings and mode.
+
+        Raises
+        ------
+        BadInputError
+            If the checkpoint was written by a different architecture, training config or mode.
+        """
+        payload = load_checkpoint(Path(path))
+        mine = self.state()
+        for key in ("arch", "train"):
+            if _normalise(payload[key]) != _normalise(mine[key]):
+                raise BadInputError(f"checkpoint {key} differs from this trainer's; resume with the same settings")
+        if payload["metadata"]["training_mode"] != self.mode.value:
+            raise BadInputError(f"checkpoint was trained in mode {payload['metadata']['training_mode']!r}, "
+                                f"this trainer is {self.mode.value!r}; modes cannot be mixed")
+        s = payload["state"]
+        self.G.load_state_dict(s["generator"])
+        self.G_ema.load_state_dict(s["generator_ema"])
+        self.D.load_state_dict(s["discriminator"])
+        self.g_opt.load_state_dict(s["g_optimizer"])
+        self.d_opt.load_state_dict(s["d_optimizer"])
+        self.ada.load_state_dict(s["augment"])
+        self.rng.set_state(s["rng"])
+        self.step_count = int(payload["metadata"]["step"])
+
+
+def _normalise(d: object) -> object:
+    # Tuples come back from torch.load as tuples or lists depending on version; compare as lists.
+    if isinstance(d, dict):
+        return {k: _normalise(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_normalise(v) for v in d]
+    return d
