@@ -15,6 +15,7 @@ Layout::
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        # weights_only refuses pickled classes/functions with an UnpicklingError (a RuntimeError).
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        # weights_only=True refuses any pickled class or function with an UnpicklingError.
         raise BadInputError(f"cannot load StyleGAN checkpoint {Path(path).name}: only tensors and plain values "
                             f"are accepted ({type(exc).__name__}); re-export it with save_checkpoint") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
