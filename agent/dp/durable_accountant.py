@@ -1,0 +1,221 @@
+"""The site's durable privacy accountant: one append-only DP-SGD history per site and dataset.
+
+Invariants
+----------
+* Write-ahead: :meth:`DurableAccountant.reserve` writes the spend of a whole block of steps to
+  disk (temp file in the same folder, fsync, ``os.replace``, fsync of the folder) *before* the
+  caller runs any of those steps. A crash can therefore only over-count, never under-count.
+* The policy is checked before writing: a reservation that would push epsilon past the site's
+  ``max_epsilon`` raises :class:`~protocols.errors.BudgetExceededError` and leaves the file as it was,
+  so the history on disk never exceeds the policy.
+* The file is tagged with the accountant kind and a schema version; a different kind or an
+  unknown version is refused (:class:`~protocols.errors.AccountingError`), never reinterpreted.
+* Floats are written with Python's shortest round-trip repr, so a restored history is bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.dp.accounting import AccountantKind, HistoryEntry, epsilon_of
+from protocols.errors import AccountingError, BadInputError, BudgetExceededError
+from protocols.tasks import PrivacyUnit
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """One block of DP-SGD steps charged ahead of running them."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    unit: PrivacyUnit
+    label: str  # what the steps were for (e.g. "round 3"); no patient data
+    reserved_at: float  # unix time
+
+    def as_entry(self) -> HistoryEntry:
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+def accountant_path(state_dir: Path, dataset_id: str) -> Path:
+    """Where the history of ``dataset_id`` lives under the site's accountant folder.
+
+    Raises
+    ------
+    BadInputError
+        If ``dataset_id`` could escape the folder or is not a plain name.
+    """
+    if not _DATASET_ID.match(dataset_id) or ".." in dataset_id:
+        raise BadInputError(
+            f"dataset_id: expected 1-128 letters, digits, '.', '_' or '-' (no path), got {dataset_id!r}"
+        )
+    return Path(state_dir) / f"{dataset_id}.json"
+
+
+class DurableAccountant:
+    """Append-only DP history persisted as JSON; epsilon via :func:`agent.dp.accounting.epsilon_of`.
+
+    Parameters
+    ----------
+    path:
+        The JSON file (created on the first reservation).
+    kind:
+        Accountant analysis; an existing file of another kind is refused.
+    delta:
+        The delta at which epsilon is reported and the budget is checked.
+    """
+
+    def __init__(self, path: Path, *, kind: AccountantKind = AccountantKind.PRV, delta: float) -> None:
+        self.path = Path(path)
+        self.kind = AccountantKind(kind)
+        self.delta = float(delta)
+        self.reservations: list[Reservation] = self._load()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _load(self) -> list[Reservation]:
+        if not self.path.exists():
+            return []
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AccountingError(
+                f"accountant file {self.path.name} cannot be read ({exc}); it is the only record of spent "
+                "privacy budget: restore it from backup, never delete it"
+            ) from exc
+        if doc.get("schema_version") != SCHEMA_VERSION:
+            raise AccountingError(
+                f"accountant file {self.path.name}: schema_version {doc.get('schema_version')!r}, "
+                f"this agent reads {SCHEMA_VERSION}; use the agent version that wrote it"
+            )
+        if doc.get("accountant") != self.kind.value:
+            raise AccountingError(
+                f"accountant file {self.path.name} was written by the {doc.get('accountant')!r} accountant, "
+                f"refusing to read it as {self.kind.value!r}; open it with the same accountant kind"
+            )
+        try:
+            return [
+                Reservation(
+                    float(e["noise_multiplier"]),
+                    float(e["sample_rate"]),
+                    int(e["steps"]),
+                    PrivacyUnit(e["unit"]),
+                    str(e["label"]),
+                    float(e["reserved_at"]),
+                )
+                for e in doc["history"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AccountingError(f"accountant file {self.path.name} has a malformed history entry: {exc}") from exc
+
+    @property
+    def history(self) -> list[HistoryEntry]:
+        """The ``(noise_multiplier, sample_rate, steps)`` triples in order."""
+        return [r.as_entry() for r in self.reservations]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(r.steps for r in self.reservations)
+
+    def epsilon(self) -> float:
+        """Cumulative epsilon of everything reserved so far, at this accountant's delta."""
+        return epsilon_of(self.history, delta=self.delta, kind=self.kind)
+
+    def epsilon_if(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+        """Cumulative epsilon if ``steps`` more steps were taken (nothing is written)."""
+        return epsilon_of(self.history + [(noise_multiplier, sample_rate, steps)], delta=self.delta, kind=self.kind)
+
+    # -- writing ------------------------------------------------------------------------------
+    def reserve(
+        self,
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        unit: PrivacyUnit,
+        max_epsilon: float,
+        label: str = "",
+    ) -> float:
+        """Durably charge ``steps`` steps before they run; return the new cumulative epsilon.
+
+        Raises
+        ------
+        BudgetExceededError
+            If the new cumulative epsilon would exceed ``max_epsilon``; nothing is written.
+        BadInputError
+            If the mechanism parameters are invalid.
+        """
+        if steps < 1:
+            raise BadInputError(f"steps: expected >= 1 steps to reserve, got {steps}")
+        if noise_multiplier <= 0:
+            raise BadInputError(
+                f"noise_multiplier: DP steps need noise > 0, got {noise_multiplier}; non-DP training is not accounted"
+            )
+        before = self.epsilon()
+        after = self.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+        if after > max_epsilon:
+            raise BudgetExceededError(
+                f"{steps} more DP steps (noise multiplier {noise_multiplier:.4g}, sample rate {sample_rate:.4g}) "
+                f"would raise epsilon from {before:.4g} to {after:.4g} at delta={self.delta:g}, above the site "
+                f"policy max_epsilon={max_epsilon:g}; nothing was trained. Plan fewer steps or more noise, or "
+                "raise privacy.max_epsilon at the site"
+            )
+        reservation = Reservation(float(noise_multiplier), float(sample_rate), int(steps), PrivacyUnit(unit), label, time.time())
+        self._write(self.reservations + [reservation])
+        self.reservations.append(reservation)
+        log.info("reserved %d DP steps; cumulative epsilon %.4g -> %.4g (delta %g)", steps, before, after, self.delta)
+        return after
+
+    def _document(self, reservations: list[Reservation]) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "accountant": self.kind.value,
+            "delta": self.delta,
+            "history": [
+                {
+                    "noise_multiplier": r.noise_multiplier,
+                    "sample_rate": r.sample_rate,
+                    "steps": r.steps,
+                    "unit": r.unit.value,
+                    "label": r.label,
+                    "reserved_at": r.reserved_at,
+                }
+                for r in reservations
+            ],
+        }
+
+    def _write(self, reservations: list[Reservation]) -> None:
+        atomic_write_json(self.path, self._document(reservations))
+
+
+def atomic_write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` to ``path`` atomically: temp file in the same folder, fsync, replace, fsync folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
