@@ -137,9 +137,10 @@ class TrainInstruction(WireMessage):
                 f"{self.KIND}: local_steps ({self.local_steps}) must not exceed total_planned_steps "
                 f"({self.total_planned_steps})"
             )
-        if self.task not in (Task.DPGAN, Task.GAN_NODP):
-            raise MessageSchemaError(f"{self.KIND}: task must be dpgan or gan-nodp, got {self.task.value}")
-        if self.task is Task.DPGAN and (self.target_epsilon is None or not self.target_epsilon > 0):
+        if self.task is not Task.DPGAN:
+            # Federated rounds are DP only: a non-DP model would make every later release epsilon = infinity.
+            raise MessageSchemaError(f"{self.KIND}: federated training supports task dpgan only, got {self.task.value}")
+        if self.target_epsilon is None or not self.target_epsilon > 0:
             raise MessageSchemaError(f"{self.KIND}: a dpgan round needs target_epsilon > 0")
         if not 0 < self.delta < 1:
             raise MessageSchemaError(f"{self.KIND}: delta must be in (0, 1), got {self.delta}")
@@ -169,6 +170,7 @@ class StatusQuery(WireMessage):
 
     KIND: ClassVar[str] = "status-query"
     run_id: str
+    dataset_id: str
 
 
 # -- site -> coordinator ---------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""The seam between the request handlers and the site's training code.
+
+Handlers talk to a :class:`TrainingEngine`; the real one (:mod:`agent.site_service.dpgan_engine`)
+loads the site's data through ingest and patching, trains with the DP-GAN engine and reads the
+site's durable accountant. Tests substitute their own engine to exercise policy, refusal and guard
+logic without training a GAN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from agent.config import SiteConfig
+from agent.site_service.policy import RoundTerms
+from protocols.messages import TrainInstruction
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalData:
+    """A site's training data for one round; never leaves the site."""
+
+    patches: Any  # engine-specific (a PatchSet for the DP-GAN engine)
+    num_patients: int
+    real_images: np.ndarray  # (N, S, S) image channel of the real patches: for the guard's copy check
+    patient_keys: frozenset[str]  # for the guard's identifier check
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    """What a local round produced (mirrors the DP-GAN engine's RoundResult)."""
+
+    weights: Mapping[str, np.ndarray]
+    num_patients: int
+    metrics: Mapping[str, float]
+    mechanism: Mapping[str, Any] | None
+    epsilon_round: float
+    epsilon_cumulative: float
+
+
+class TrainingEngine(Protocol):
+    """What the handlers need from the site's training code."""
+
+    def epsilon_spent(self, site: SiteConfig, *, dataset_id: str) -> float:
+        """Cumulative epsilon in the site's durable accountant for ``dataset_id`` (0 if none)."""
+
+    def load_data(self, site: SiteConfig, *, dataset_id: str, patch_size: int, per_volume: int, seed: int) -> LocalData:
+        """The site's patches for one round."""
+
+    def train(
+        self,
+        site: SiteConfig,
+        *,
+        data: LocalData,
+        weights: Mapping[str, np.ndarray] | None,
+        instruction: TrainInstruction,
+        terms: RoundTerms,
+    ) -> RoundOutcome:
+        """One local round; records the privacy spend durably before returning."""
+
+    def reference_weights(self, *, architecture: str, patch_size: int) -> dict[str, np.ndarray]:
+        """Weights with the planned names, shapes and dtypes (values irrelevant)."""
+
+    def sample(self, weights: Mapping[str, np.ndarray], *, architecture: str, patch_size: int, n: int, seed: int) -> np.ndarray:
+        """``n`` synthetic pairs (n, 2, S, S) float32, label in {0, 1}."""

@@ -1,0 +1,203 @@
+"""The egress guard stops real pixels, patient keys and file paths, in several disguises."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent.guard import EgressPolicy, check_outgoing, find_identifying_text, real_fingerprints
+from agent.site_service import handle_synthesize, handle_train
+from agent.site_service.engine import RoundOutcome
+from protocols import messages as m
+from protocols.errors import EgressBlockedError
+from protocols.tasks import PrivacyUnit, Task
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def _weights() -> dict[str, np.ndarray]:
+    return {"generator.w": np.ones((4, 8), np.float32), "critic.w": np.ones(4, np.float32)}
+
+
+def _train_reply(weights, **over) -> m.TrainReply:
+    base = dict(
+        run_id="run-1", round=1, site_id="hospital-a", task=Task.DPGAN, num_patients=3,
+        weights_sha256=m.weights_sha256(weights), epsilon_round=1.0, epsilon_cumulative=1.0, delta=1e-5,
+        unit=PrivacyUnit.PATIENT, noise_multiplier=1.0, sample_rate=0.5, steps=2, max_grad_norm=1.0,
+        accountant="rdp", claim=None,
+    )
+    base.update(over)
+    return m.TrainReply(**base)
+
+
+def _policy(**over) -> EgressPolicy:
+    base = dict(expected_weights=EgressPolicy.weights_spec(_weights()), synthetic_patch_size=8,
+                forbidden_strings=frozenset({KEY}))
+    base.update(over)
+    return EgressPolicy(**base)
+
+
+def _samples(n: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(-1, 1, (n, 2, 8, 8)).astype(np.float32)
+    s[:, 1] = s[:, 1] > 0
+    return s
+
+
+def _synth_reply(samples, **over) -> m.SynthesizeReply:
+    base = dict(run_id="run-1", round=3, site_id="hospital-a", count=samples.shape[0], method="dpgan-wgan-gp",
+                guarantee="(1, 1e-05)-DP, unit patient", model_round=2, epsilon_cumulative=1.0, delta=1e-5,
+                unit=PrivacyUnit.PATIENT, samples_sha256=m.array_sha256(samples), claim=None)
+    base.update(over)
+    return m.SynthesizeReply(**base)
+
+
+def test_planned_weights_and_synthetic_samples_pass() -> None:
+    w = _weights()
+    check_outgoing(m.Envelope(_train_reply(w), w, {"loss.critic": 0.1}), _policy())
+    s = _samples()
+    check_outgoing(m.Envelope(_synth_reply(s), {"samples": s}), _policy())
+
+
+def test_real_image_added_as_extra_array_is_blocked() -> None:
+    w = {**_weights(), "critic.real_patch": np.zeros((8, 8), np.float32)}
+    with pytest.raises(EgressBlockedError, match="not in the planned model"):
+        check_outgoing(m.Envelope(_train_reply(w), w), _policy())
+
+
+def test_real_image_in_place_of_a_weight_is_blocked() -> None:
+    w = _weights()
+    w["generator.w"] = np.zeros((32, 32), np.float32)  # image-shaped, wrong for the plan
+    with pytest.raises(EgressBlockedError, match=r"planned \(4, 8\) float32"):
+        check_outgoing(m.Envelope(_train_reply(w), w), _policy())
+    w["generator.w"] = np.zeros((4, 8), np.uint8)  # right shape, raw pixel dtype
+    with pytest.raises(EgressBlockedError, match="uint8"):
+        check_outgoing(m.Envelope(_train_reply(w), w), _policy())
+
+
+def test_weights_swapped_after_hashing_are_blocked() -> None:
+    w = _weights()
+    reply = _train_reply(w)
+    w2 = {k: v * 2 for k, v in w.items()}
+    with pytest.raises(EgressBlockedError, match="weights_sha256 does not match"):
+        check_outgoing(m.Envelope(reply, w2), _policy())
+
+
+def test_real_patches_passed_off_as_samples_are_blocked() -> None:
+    real = _samples(4, seed=1)
+    with pytest.raises(EgressBlockedError, match="byte-exact copies of real patches"):
+        check_outgoing(m.Envelope(_synth_reply(real), {"samples": real}),
+                       _policy(real_fingerprints=real_fingerprints(real[:, 0])))
+
+
+def test_raw_scanner_values_and_extra_arrays_in_synthesize_are_blocked() -> None:
+    s = _samples() * 400.0  # scanner units, not generator output
+    s[:, 1] = 1.0
+    with pytest.raises(EgressBlockedError, match=r"outside the generator range"):
+        check_outgoing(m.Envelope(_synth_reply(s), {"samples": s}), _policy())
+    s = _samples()
+    with pytest.raises(EgressBlockedError, match="exactly one array"):
+        check_outgoing(m.Envelope(_synth_reply(s), {"samples": s, "mask": s[:, 1]}), _policy())
+    with pytest.raises(EgressBlockedError, match=r"expected \(3, 2, 8, 8\)"):
+        big = np.zeros((3, 2, 64, 64), np.float32)
+        check_outgoing(m.Envelope(_synth_reply(s, samples_sha256=m.array_sha256(big)), {"samples": big}), _policy())
+
+
+def test_arrays_on_status_or_refusal_are_blocked() -> None:
+    status = m.StatusReply(site_id="hospital-a", accepted_tasks=("dpgan",), max_epsilon=8.0, delta=1e-5,
+                           unit=PrivacyUnit.PATIENT, min_patients=3, epsilon_spent=0.0, num_patients=3,
+                           agent_version="0.1.0")
+    with pytest.raises(EgressBlockedError, match="may not carry arrays"):
+        check_outgoing(m.Envelope(status, {"x": np.zeros((8, 8), np.float32)}), _policy())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("method", f"dpgan-{KEY}", "hexadecimal"),
+        ("method", "/srv/pacs/patient17/series2", "file path"),
+        ("guarantee", "C:\\data\\scan", "file path"),
+        ("guarantee", "from scan.dcm", "file name"),
+        ("method", "uid 1.2.840.113619.2.55.3", "DICOM UID"),
+    ],
+)
+def test_identifying_strings_in_the_body_are_blocked(field: str, value: str, rule: str) -> None:
+    s = _samples()
+    with pytest.raises(EgressBlockedError, match=rule):
+        check_outgoing(m.Envelope(_synth_reply(s, **{field: value}), {"samples": s}), _policy())
+
+
+def test_identifiers_in_metric_names_and_claims_are_blocked() -> None:
+    w = _weights()
+    with pytest.raises(EgressBlockedError, match="metric name"):
+        check_outgoing(m.Envelope(_train_reply(w), w, {f"loss.{KEY[:20]}": 1.0}), _policy())
+    claim = json.dumps({"site": "hospital-a", "note": "/home/pacs/p1.dcm"}).encode()
+    with pytest.raises(EgressBlockedError, match="claim field"):
+        check_outgoing(m.Envelope(_train_reply(w, claim=claim), w), _policy())
+    with pytest.raises(EgressBlockedError, match="not UTF-8 JSON"):
+        check_outgoing(m.Envelope(_train_reply(w, claim=b"\x89PNG\r\n"), w), _policy())
+    ok = json.dumps({"site": "hospital-a", "weights_sha256": "ab" * 32, "signature": "Zm9v" * 20}).encode()
+    check_outgoing(m.Envelope(_train_reply(w, claim=ok), w), _policy())
+
+
+def test_mutated_frozen_message_and_requests_are_blocked() -> None:
+    w = _weights()
+    reply = _train_reply(w)
+    object.__setattr__(reply, "site_id", "../../etc")  # bypasses the dataclass checks
+    with pytest.raises(EgressBlockedError, match="body does not validate"):
+        check_outgoing(m.Envelope(reply, w), _policy())
+    ins = m.StatusQuery(run_id="run-1", dataset_id="tof")
+    with pytest.raises(EgressBlockedError, match="not a reply"):
+        check_outgoing(m.Envelope(ins), _policy())
+
+
+def test_plain_strings_pass_the_detector() -> None:
+    for ok in ("hospital-a", "dpgan-wgan-gp", "(7.9, 1e-05)-DP, unit patient", "0.1.0", "run-20261123-1630"):
+        assert find_identifying_text(ok) is None, ok
+
+
+# -- a handler that tries to leak is stopped, and the attempt is logged --------------------------------------
+def _instruction() -> m.Envelope:
+    return m.Envelope(m.TrainInstruction(
+        run_id="run-1", round=1, task=Task.DPGAN, dataset_id="tof", architecture="wgan-gp", patch_size=8,
+        patches_per_volume=2, local_steps=2, total_planned_steps=10, target_epsilon=4.0, delta=1e-5,
+        unit=PrivacyUnit.PATIENT, expected_batch_patients=2, max_grad_norm=1.0, seed=1))
+
+
+def test_handler_returning_real_pixels_as_weights_is_refused(site, engine) -> None:
+    def leak(eng, data, ins, spent):
+        w = eng.reference_weights(architecture="wgan-gp", patch_size=8)
+        w["critic.leak"] = data.real_images[0]
+        return RoundOutcome(w, 3, {}, {"noise_multiplier": 1.0, "sample_rate": 0.5, "steps": 2, "max_grad_norm": 1.0,
+                                        "accountant": "rdp"}, 1.0, spent + 1.0)
+
+    engine.train_override = leak
+    out = handle_train(site, _instruction(), engine=engine)
+    assert isinstance(out.message, m.Refusal) and out.message.code == "egress-blocked"
+    assert not out.arrays
+    logged = (site.state.root / "federation" / "egress-blocked.jsonl").read_text()
+    assert "not in the planned model" in logged
+
+
+def test_handler_leaking_a_patient_key_in_metrics_is_refused(site, engine) -> None:
+    def leak(eng, data, ins, spent):
+        w = eng.reference_weights(architecture="wgan-gp", patch_size=8)
+        key = sorted(data.patient_keys)[0]
+        return RoundOutcome(w, 3, {f"loss.{key[:12]}x": 1.0}, {"noise_multiplier": 1.0, "sample_rate": 0.5,
+                            "steps": 2, "max_grad_norm": 1.0, "accountant": "rdp"}, 1.0, spent + 1.0)
+
+    engine.train_override = leak
+    out = handle_train(site, _instruction(), engine=engine)
+    assert out.message.code == "egress-blocked"  # type: ignore[union-attr]
+
+
+def test_handler_sampling_real_patches_is_refused(site, engine) -> None:
+    handle_train(site, _instruction(), engine=engine)
+    engine.sample_override = lambda eng, n: eng.real[:n].copy()
+    q = m.Envelope(m.SynthesizeQuery(run_id="run-1", round=2, count=3, seed=0, architecture="wgan-gp", patch_size=8))
+    out = handle_synthesize(site, q, engine=engine)
+    assert out.message.code == "egress-blocked" and not out.arrays  # type: ignore[union-attr]
+    assert not list((site.state.root / "federation" / "released").glob("*.npy")) if (
+        site.state.root / "federation" / "released").exists() else True
