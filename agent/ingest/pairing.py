@@ -1,0 +1,155 @@
+"""Attach labels and grades to catalogued images (runs at the end of every ingest).
+
+* DICOM SEG -> the series it references (label volume built on the series grid, cached under a
+  key derived from both content hashes, so an unchanged pair is never recomputed).
+* NIfTI ``*_label`` (or manifest label) -> its image, by the pair token computed at ingest
+  (see :mod:`agent.ingest.nifti_files` for the rule); shape and canonical affine must agree.
+* Grades CSV rows -> fundus images (see :mod:`agent.ingest.fundus_files`).
+
+Everything here is recomputed from the catalog on each run (quarantine entries of stage
+``pair`` are replaced), so fixing a CSV or adding the missing image takes effect on the next run.
+Units excluded by a pairing problem get status ``held``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from agent.ingest import nifti_files
+from agent.ingest.cache import ArrayCache, combined_key
+from agent.ingest.catalog import Catalog, SeriesRow
+from agent.ingest.dicom_seg import label_for_stack
+from agent.ingest.fundus_files import read_grades
+from agent.ingest.nifti_files import ManifestRow
+from agent.ingest.quarantine import Quarantined, Reason
+from agent.ingest.series_assembly import StackGeometry, to_canonical
+
+log = logging.getLogger(__name__)
+
+
+class Pairing:
+    """Collects pair-stage quarantine entries and series updates, then writes them at once."""
+
+    def __init__(self, catalog: Catalog, cache: ArrayCache, run_id: int) -> None:
+        self.catalog = catalog
+        self.cache = cache
+        self.run_id = run_id
+        self.problems: list[tuple[str, bytes | None, Path | None, Reason, str]] = []
+        self.updates: dict[str, dict] = {}
+        self.label_volumes_built = 0
+
+    def _hold(self, series: SeriesRow, reason: Reason, detail: str) -> None:
+        for path_key in self.catalog.series_files(series.key):
+            self.problems.append((path_key, None, None, reason, detail))
+        self.updates.setdefault(series.key, {})["status"] = "held"
+
+    def pair_segs(self) -> None:
+        targets = {s.key: s for s in self.catalog.live_series("dicom-series")}
+        for seg in self.catalog.live_series("dicom-seg"):
+            target = targets.get(seg.ref_key or "")
+            if target is None:
+                self._hold(seg, Reason.ORPHAN_LABEL, "the series this SEG references is not in the catalog")
+                continue
+            if target.patient_key != seg.patient_key:
+                self._hold(seg, Reason.LABEL_MISMATCH, "SEG and its referenced series belong to different patients")
+                continue
+            if "label_key" in self.updates.get(target.key, {}):
+                self._hold(seg, Reason.LABEL_MISMATCH, "the referenced series already has a SEG label")
+                continue
+            pair_key = combined_key("seg-label-v1", seg.cache_key or "", target.cache_key or "")
+            if not self.cache.has(pair_key):
+                try:
+                    geometry = StackGeometry.from_json(target.geometry or {})
+                    label_kji = label_for_stack(self.cache.load(seg.cache_key or ""), geometry)
+                except Quarantined as exc:
+                    self._hold(seg, exc.reason, exc.detail)
+                    continue
+                label, _, _ = to_canonical(label_kji, geometry.affine_lps)
+                self.cache.save(pair_key, label=label)
+                self.label_volumes_built += 1
+            self.updates.setdefault(target.key, {}).update(label_key=seg.key, label_cache_key=pair_key)
+
+    def pair_nifti(self, manifests: list[ManifestRow], path_keys: dict[Path, str]) -> None:
+        images = {s.pair_token: s for s in self.catalog.live_series("nifti-image")}
+        for label in self.catalog.live_series("nifti-label"):
+            image = images.get(label.pair_token)
+            if image is None:
+                self._hold(label, Reason.ORPHAN_LABEL, "label volume has no image (naming rule <stem>_label or manifest)")
+                continue
+            a = np.asarray((image.geometry or {}).get("affine_ras"))
+            b = np.asarray((label.geometry or {}).get("affine_ras"))
+            if not nifti_files.same_grid(tuple(image.shape or ()), a, tuple(label.shape or ()), b):
+                self._hold(label, Reason.LABEL_MISMATCH, f"label shape/affine {label.shape} differs from image {image.shape}")
+                continue
+            self.updates.setdefault(image.key, {}).update(label_key=label.key, label_cache_key=label.cache_key)
+        for row in manifests:
+            if row.label is not None and not row.label.is_file():
+                key = path_keys.get(row.image)
+                if key is not None:
+                    self.problems.append((key, None, None, Reason.MISSING_LABEL, "manifest names a label file that does not exist"))
+
+    def apply_grades(self, grades_csvs: list[Path]) -> None:
+        secrets = self.catalog.secrets
+        for csv_path in grades_csvs:
+            try:
+                good, bad = read_grades(csv_path)
+            except Quarantined as exc:
+                self.problems.append((secrets.path_key(csv_path), secrets.encrypt_path(csv_path), csv_path, exc.reason, exc.detail))
+                continue
+            for row in bad:
+                key = secrets.path_key(row.path)
+                self.problems.append((key, secrets.encrypt_path(row.path), row.path, row.reason, row.detail))
+                series = self._series_of_file(key)
+                if series is not None:
+                    self.updates.setdefault(series, {})["status"] = "held"
+            for path, grade in good.items():
+                series = self._series_of_file(secrets.path_key(path))
+                if series is None:
+                    continue
+                fields = self.updates.setdefault(series, {})
+                fields["grade"] = grade.grade
+                if grade.patient:
+                    fields["patient_key"] = secrets.patient_key(grade.patient)
+
+    def _series_of_file(self, path_key: str) -> str | None:
+        row = self.catalog.conn.execute("SELECT series_key FROM files WHERE path_key=? AND status='ok'", (path_key,)).fetchone()
+        return row[0] if row and row[0] else None
+
+    def write(self) -> None:
+        """Replace the pair-stage quarantine and apply the collected series updates (one transaction)."""
+        with self.catalog.transaction() as c:
+            self.catalog.clear_quarantine(c, stage="pair")
+            for key, enc, _path, reason, detail in self.problems:
+                if enc is None:
+                    enc = _path_enc(c, key)
+                    if enc is None:
+                        continue
+                self.catalog.add_quarantine(c, path_key=key, path_enc=enc, reason=reason.value, detail=detail,
+                                            content_hash=_hash(c, key), stage="pair", run_id=self.run_id)
+            for key, fields in self.updates.items():
+                if "patient_key" in fields:
+                    self.catalog.upsert_patient(c, fields["patient_key"], "grades-csv")
+                self.catalog.set_series_fields(c, key, **fields)
+        for _key, _enc, _path, reason, _detail in self.problems:
+            log.warning("quarantined at pairing: %s", reason.value)
+
+
+def reset_pairing(catalog: Catalog) -> None:
+    """Undo the previous run's pairing results before recomputing them."""
+    with catalog.transaction() as c:
+        c.execute("UPDATE series SET status='ok' WHERE status='held'")
+        c.execute("UPDATE series SET label_key=NULL, label_cache_key=NULL, grade=NULL")
+
+
+def _path_enc(c: sqlite3.Connection, key: str) -> bytes | None:
+    row = c.execute("SELECT path_enc FROM files WHERE path_key=?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def _hash(c: sqlite3.Connection, key: str) -> str | None:
+    row = c.execute("SELECT content_hash FROM files WHERE path_key=?", (key,)).fetchone()
+    return row[0] if row else None

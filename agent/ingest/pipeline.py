@@ -1,0 +1,303 @@
+"""``anonfed ingest``: scan the sources, ingest what changed, pair labels, report.
+
+Steps of one run:
+
+1. **Scan** (:mod:`agent.ingest.scanner`): walk the sources, quarantine loops, empty, oversized
+   and unreadable entries.
+2. **Detect changes**: a file whose (size, mtime_ns) match the catalog is skipped without being
+   opened. Otherwise it is read once (read-only), hashed (sha256) and, if the hash matches, only
+   its stat is updated. New or modified files are sniffed and grouped (all slices of a DICOM
+   series form one group); files missing from disk are marked ``gone``.
+3. **Ingest groups** (:mod:`agent.ingest.units`): every group touched by a change is decoded,
+   checked and cached, then written in **one transaction**. Failures become quarantine entries;
+   the run continues.
+4. **Pair** (:mod:`agent.ingest.pairing`): SEG and NIfTI labels, fundus grades.
+
+Nothing identifying is logged: only counts, reason codes and key prefixes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from agent.config import SiteConfig
+from agent.ingest import dicom_files, nifti_files
+from agent.ingest.cache import ArrayCache
+from agent.ingest.catalog import Catalog, FileRow
+from agent.ingest.dicom_files import DicomRole
+from agent.ingest.nifti_files import ManifestRow
+from agent.ingest.pairing import Pairing, reset_pairing
+from agent.ingest.quarantine import Quarantined, Reason
+from agent.ingest.scanner import HEAD_BYTES, FileFormat, scan_sources, sniff_format
+from agent.ingest.units import Member, Outcome, UnitContext, ingest_dicom_series, ingest_single_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class IngestReport:
+    """What one run did (this run's work) and what the catalog now holds (totals)."""
+
+    files_scanned: int = 0
+    files_unchanged: int = 0
+    files_rehashed: int = 0  # stat changed, content did not
+    files_parsed: int = 0  # files decoded this run (0 on a re-run with nothing changed)
+    files_gone: int = 0
+    groups_ingested: int = 0
+    label_volumes_built: int = 0
+    files_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
+    units_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
+    quarantined_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+    patients: int = 0
+    labeled_volumes: int = 0
+    graded_images: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        lines = [
+            f"ingest: {self.files_scanned} files scanned in {self.seconds:.1f} s: {self.files_parsed} parsed, "
+            f"{self.files_unchanged} unchanged, {self.files_rehashed} re-hashed, {self.files_gone} gone",
+            f"catalog: {self.patients} patients, {self.labeled_volumes} labeled volumes, {self.graded_images} graded fundus images",
+            "catalogued files by kind:",
+        ]
+        lines += [f"  {k:<20} {v}" for k, v in sorted(self.files_by_kind.items())]
+        lines.append("catalogued units (volumes/images) by kind:")
+        lines += [f"  {k:<20} {v}" for k, v in sorted(self.units_by_kind.items())]
+        total = sum(self.quarantined_by_reason.values())
+        lines.append(f"quarantined: {total} (see `anonfed quarantine`)")
+        lines += [f"  {k:<28} {v}" for k, v in sorted(self.quarantined_by_reason.items())]
+        return "\n".join(lines)
+
+
+def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
+    """Build or update the site catalog from ``cfg.sources`` (see the module docstring)."""
+    started = time.perf_counter()
+    report = IngestReport()
+    cache = ArrayCache(cfg.state.cache)
+    with dicom_files.quiet_pydicom(), Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
+        run_id = catalog.begin_run()
+        secrets = catalog.secrets
+        manifests, config_csvs = _load_config_tables(cfg)
+        ctx = UnitContext(secrets, cache, config_csvs, _pair_token_fn(secrets, manifests), _manifest_patient_fn(manifests))
+
+        scan = scan_sources(cfg.sources, cfg.ingest, exclude=cfg.state.root)
+        report.files_scanned = len(scan.files)
+        log.info("scanned %d files (%d walk problems)", len(scan.files), len(scan.problems))
+        _record_scan_problems(catalog, scan.problems, run_id)
+
+        known = catalog.file_rows()
+        changed: dict[str, Member] = {}
+        groups: dict[str, set[str]] = {}
+        unchanged: list[str] = []
+        live_keys: set[str] = set()
+        for found in tqdm(scan.files, desc="checking", unit="file", disable=not progress):
+            key = secrets.path_key(found.path)
+            live_keys.add(key)
+            row = known.get(key)
+            if row is not None and row.status != "gone" and (row.size, row.mtime_ns) == (found.size, found.mtime_ns):
+                unchanged.append(key)
+                continue
+            member = _read_member(found.path, key, secrets, catalog, run_id)
+            if member is None:
+                continue
+            if row is not None and row.status != "gone" and row.content_hash == member.content_hash:
+                catalog.update_stat(key, member.size, member.mtime_ns, run_id)
+                report.files_rehashed += 1
+                continue
+            changed[key] = member
+            group = _group_of(member, secrets)
+            groups.setdefault(group, set()).add(key)
+            if row is not None and row.group_key and row.group_key != group:
+                groups.setdefault(row.group_key, set())
+        report.files_unchanged = len(unchanged) + report.files_rehashed
+        catalog.touch(unchanged, run_id)
+
+        gone = [k for k, r in known.items() if r.status != "gone" and k not in live_keys]
+        for key in gone:
+            if known[key].group_key:
+                groups.setdefault(known[key].group_key, set())
+        catalog.mark_gone(gone)
+        report.files_gone = len(gone)
+
+        for group, keys in tqdm(sorted(groups.items()), desc="ingesting", unit="group", disable=not progress):
+            members = [changed[k] for k in sorted(keys)]
+            if group.startswith("s"):
+                for row in catalog.files_in_groups({group}):
+                    if row.path_key not in changed:
+                        extra = _reread(row, secrets, catalog, run_id)
+                        if extra is not None:
+                            members.append(extra)
+            if not members:
+                continue
+            report.files_parsed += len(members)
+            outcome = ingest_dicom_series(members, ctx, group) if group.startswith("s") else ingest_single_file(members[0], ctx)
+            _write_outcome(catalog, outcome, group, run_id)
+            report.groups_ingested += 1
+        _drop_empty_series(catalog)
+
+        reset_pairing(catalog)
+        pairing = Pairing(catalog, cache, run_id)
+        pairing.pair_segs()
+        pairing.pair_nifti([r for rows in manifests.values() for r in rows], _path_keys_of(manifests, secrets))
+        pairing.apply_grades([s.fundus_grades_csv for s in cfg.sources if s.fundus_grades_csv is not None])
+        pairing.write()
+        report.label_volumes_built = pairing.label_volumes_built
+
+        _fill_totals(report, catalog)
+        report.seconds = time.perf_counter() - started
+        catalog.finish_run(run_id, dataclasses.asdict(report))
+    log.info("ingest done: %d parsed, %d unchanged, %d quarantined in total",
+             report.files_parsed, report.files_unchanged, sum(report.quarantined_by_reason.values()))
+    return report
+
+
+def _load_config_tables(cfg: SiteConfig) -> tuple[dict[Path, list[ManifestRow]], dict[Path, str]]:
+    manifests: dict[Path, list[ManifestRow]] = {}
+    csvs: dict[Path, str] = {}
+    for source in cfg.sources:
+        if source.fundus_grades_csv is not None:
+            csvs[source.fundus_grades_csv.resolve()] = "grades-csv"
+        if source.nifti_manifest is not None:
+            path = source.nifti_manifest.resolve()
+            csvs[path] = "nifti-manifest"
+            try:
+                manifests[path] = nifti_files.read_manifest(path)
+            except Quarantined as exc:
+                log.warning("NIfTI manifest ignored: %s", exc.detail)
+                manifests[path] = []
+    return manifests, csvs
+
+
+def _pair_token_fn(secrets, manifests: dict[Path, list[ManifestRow]]):
+    by_file: dict[Path, Path] = {}
+    for rows in manifests.values():
+        for row in rows:
+            by_file[row.image] = row.image
+            if row.label is not None:
+                by_file[row.label] = row.image
+
+    def token(path: Path) -> str:
+        resolved = path.resolve()
+        if resolved in by_file:
+            return secrets.uid_key("nifti-pair", str(by_file[resolved]))
+        stem = nifti_files.image_stem_of_label(path.name) if nifti_files.is_label_name(path.name) else nifti_files.nifti_stem(path.name)
+        return secrets.uid_key("nifti-pair", str(resolved.parent / stem))
+
+    return token
+
+
+def _manifest_patient_fn(manifests: dict[Path, list[ManifestRow]]):
+    patients: dict[Path, str] = {}
+    for rows in manifests.values():
+        for row in rows:
+            if row.patient:
+                patients[row.image] = row.patient
+                if row.label is not None:
+                    patients[row.label] = row.patient
+    return lambda path: patients.get(path.resolve())
+
+
+def _path_keys_of(manifests: dict[Path, list[ManifestRow]], secrets) -> dict[Path, str]:
+    return {row.image: secrets.path_key(row.image) for rows in manifests.values() for row in rows}
+
+
+def _record_scan_problems(catalog: Catalog, problems, run_id: int) -> None:
+    secrets = catalog.secrets
+    with catalog.transaction() as c:
+        catalog.clear_quarantine(c, stage="scan")
+        for p in problems:
+            key = secrets.path_key(p.path)
+            catalog.add_quarantine(c, path_key=key, path_enc=secrets.encrypt_path(p.path), reason=p.reason.value,
+                                   detail=p.detail, content_hash=None, stage="scan", run_id=run_id)
+    for p in problems:
+        log.warning("quarantined while scanning: %s", p.reason.value)
+
+
+def _read_member(path: Path, key: str, secrets, catalog: Catalog, run_id: int) -> Member | None:
+    try:
+        with open(path, "rb") as fh:  # read-only, once: the bytes are hashed and parsed from memory
+            st = os.fstat(fh.fileno())
+            data = fh.read()
+    except OSError as exc:
+        with catalog.transaction() as c:
+            catalog.clear_quarantine(c, path_key=key)
+            catalog.add_quarantine(c, path_key=key, path_enc=secrets.encrypt_path(path), reason=Reason.UNREADABLE.value,
+                                   detail=f"cannot be read ({exc.strerror})", content_hash=None, stage="parse", run_id=run_id)
+        log.warning("quarantined: unreadable file %s", key[:12])
+        return None
+    fmt = sniff_format(data[:HEAD_BYTES], path.name)
+    return Member(path, key, len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest(), fmt, data)
+
+
+def _reread(row: FileRow, secrets, catalog: Catalog, run_id: int) -> Member | None:
+    path = secrets.decrypt_path(row.path_enc)
+    if not path.is_file():
+        return None
+    return _read_member(path, row.path_key, secrets, catalog, run_id)
+
+
+def _group_of(member: Member, secrets) -> str:
+    """``s<series key>`` for a slice of a single-frame DICOM series, ``f<path key>`` otherwise."""
+    if member.fmt is FileFormat.DICOM:
+        try:
+            header = dicom_files.header_of(dicom_files.parse(member.data, with_pixels=True))
+        except Quarantined:
+            return "f" + member.path_key
+        if header.role is DicomRole.SLICE and header.series_uid:
+            return "s" + secrets.uid_key("series", header.series_uid)
+    return "f" + member.path_key
+
+
+def _write_outcome(catalog: Catalog, outcome: Outcome, group: str, run_id: int) -> None:
+    """Write one group's rows in a single transaction (its cache entries already exist)."""
+    series_key = outcome.series["key"] if outcome.series else None
+    with catalog.transaction() as c:
+        if outcome.patient is not None:
+            catalog.upsert_patient(c, *outcome.patient)
+            catalog.upsert_study(c, outcome.study_key or "", outcome.patient[0])
+        if outcome.series is not None:
+            catalog.upsert_series(c, run_id, **outcome.series, status="ok")
+            c.execute("DELETE FROM instances WHERE series_key=?", (series_key,))
+        for fo in outcome.files:
+            m = fo.member
+            row = FileRow(m.path_key, catalog.secrets.encrypt_path(m.path), m.size, m.mtime_ns, m.content_hash, m.fmt.value,
+                          fo.kind, fo.status, group)
+            ok = fo.status == "ok"
+            catalog.upsert_file(c, row, series_key=series_key if ok else None, run_id=run_id)
+            catalog.clear_quarantine(c, path_key=m.path_key)
+            if ok and series_key is not None:
+                catalog.add_instance(c, m.path_key, series_key, fo.sop_key, fo.slice_index, fo.duplicate)
+            elif not ok:
+                c.execute("DELETE FROM instances WHERE file_key=?", (m.path_key,))
+                catalog.add_quarantine(c, path_key=m.path_key, path_enc=row.path_enc, reason=fo.reason.value,  # type: ignore[union-attr]
+                                       detail=fo.detail, content_hash=m.content_hash, stage="parse", run_id=run_id)
+    for fo in outcome.files:
+        if fo.status != "ok":
+            log.warning("quarantined %s: file %s (sha256 %s)", fo.reason.value, fo.member.path_key[:12], fo.member.content_hash[:12])  # type: ignore[union-attr]
+
+
+def _drop_empty_series(catalog: Catalog) -> None:
+    with catalog.transaction() as c:
+        c.execute(
+            "UPDATE series SET status='gone' WHERE status IN ('ok', 'held') AND key NOT IN "
+            "(SELECT series_key FROM files WHERE series_key IS NOT NULL AND status='ok')"
+        )
+
+
+def _fill_totals(report: IngestReport, catalog: Catalog) -> None:
+    counts = catalog.counts()
+    report.files_by_kind = counts["files"]
+    report.units_by_kind = counts["series"]
+    report.quarantined_by_reason = counts["quarantine"]
+    report.patients = counts["patients"]["total"]
+    q = catalog.conn.execute
+    report.labeled_volumes = q("SELECT COUNT(*) FROM series WHERE status='ok' AND label_cache_key IS NOT NULL").fetchone()[0]
+    report.graded_images = q("SELECT COUNT(*) FROM series WHERE status='ok' AND grade IS NOT NULL").fetchone()[0]
