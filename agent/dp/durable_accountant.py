@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -164,6 +165,11 @@ class DurableAccountant:
                 f"noise_multiplier: DP steps need noise > 0, got {noise_multiplier}; non-DP training is not accounted"
             )
         before = self.epsilon()
+        if math.isinf(before):
+            raise BudgetExceededError(
+                "a model trained WITHOUT differential privacy was already released from this dataset "
+                "(epsilon = infinity), so no DP guarantee can be given any more; use a different dataset"
+            )
         after = self.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         if after > max_epsilon:
             raise BudgetExceededError(
@@ -177,6 +183,17 @@ class DurableAccountant:
         self.reservations.append(reservation)
         log.info("reserved %d DP steps; cumulative epsilon %.4g -> %.4g (delta %g)", steps, before, after, self.delta)
         return after
+
+    def record_non_private_release(self, *, steps: int, unit: PrivacyUnit, label: str = "") -> None:
+        """Durably record that a model trained WITHOUT DP on this dataset is about to be released.
+
+        It is stored as noise multiplier 0 (epsilon = infinity): from then on the dataset has no
+        finite privacy guarantee and every later DP reservation is refused.
+        """
+        reservation = Reservation(0.0, 1.0, max(int(steps), 1), PrivacyUnit(unit), label or "non-DP release", time.time())
+        self._write(self.reservations + [reservation])
+        self.reservations.append(reservation)
+        log.warning("recorded a release WITHOUT differential privacy: epsilon is now infinite for this dataset")
 
     def _document(self, reservations: list[Reservation]) -> dict[str, Any]:
         return {

@@ -1,0 +1,242 @@
+"""One GAN training loop for all three families, with or without DP on the critic.
+
+The critic is the only network that sees real patches; with DP it is updated only through the
+Gaussian mechanism on per-unit (patient or patch) gradients. The generator learns only from the
+critic's scores of fakes, which is post-processing of a DP critic: it needs no accounting.
+
+Randomness: the ``seed`` drives weight initialisation, latents and interpolation weights. The
+randomness DP relies on -- which units are sampled and the Gaussian noise -- comes from the OS
+(``os.urandom``) and is never derived from a seed a coordinator could know: an attacker who knows
+the noise can subtract it, and one who knows the sampled batch loses the amplification-by-sampling
+that the accountant assumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agent.dp.critic_loss import CriticObjective, batch_critic_losses
+from agent.dp.mechanism import make_dp_optimizer, private_step
+from agent.dp.per_sample_grads import fast_per_sample_grads
+from agent.dp.sampling import UnitSampler
+from agent.models.architectures import GanSpec
+from agent.models.weights import build_pair, load_arrays, pair_to_arrays, CRITIC_PREFIX, GENERATOR_PREFIX
+from protocols.errors import BadInputError
+from protocols.tasks import PrivacyUnit
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameters:
+    """Optimisation settings (not privacy settings)."""
+
+    n_critic: int = 5  # critic iterations per generator step (WGAN-GP default)
+    critic_lr: float = 2e-4
+    generator_lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.9
+    gp_weight: float = 10.0  # lambda of the gradient penalty
+    patches_per_patient: int = 8  # cap on a sampled patient's patches per step (patient unit)
+    batch_size: int = 64  # non-DP batch size; DP batches are Poisson with this expectation in patches
+
+    def __post_init__(self) -> None:
+        if self.n_critic < 1 or self.batch_size < 1 or self.patches_per_patient < 1:
+            raise BadInputError("n_critic, batch_size and patches_per_patient must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPSettings:
+    """The Gaussian mechanism applied to the critic."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    unit: PrivacyUnit
+    expected_units: float  # sample_rate * population: Opacus' averaging denominator
+
+
+def _secret_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+
+
+class GanTrainer:
+    """Holds generator, critic and optimisers; ``critic_step``/``generator_step`` advance training.
+
+    Parameters
+    ----------
+    spec:
+        Architecture and patch size.
+    patches:
+        ``(N, 2, S, S)`` float32 in [-1, 1] (image, label).
+    patient_index:
+        ``(N,)`` patient number of every patch (0..P-1).
+    hp:
+        Optimisation settings.
+    dp:
+        Mechanism settings, or None for non-DP training (epsilon = infinity).
+    seed:
+        Seeds initialisation, latents and interpolation weights (never DP noise or sampling).
+    weights:
+        Optional starting weights (``generator.``/``critic.`` arrays).
+    """
+
+    def __init__(
+        self,
+        spec: GanSpec,
+        patches: np.ndarray | torch.Tensor,
+        patient_index: np.ndarray,
+        *,
+        hp: Hyperparameters,
+        dp: DPSettings | None,
+        seed: int,
+        weights: dict[str, np.ndarray] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device or torch.device("cpu")
+        data = torch.as_tensor(np.asarray(patches), dtype=torch.float32)
+        if data.dim() != 4 or data.shape[1] != 2 or data.shape[2:] != (spec.patch_size, spec.patch_size):
+            raise BadInputError(
+                f"patches: expected (N, 2, {spec.patch_size}, {spec.patch_size}) for patch_size {spec.patch_size}, "
+                f"got {tuple(data.shape)}"
+            )
+        if len(patient_index) != data.shape[0]:
+            raise BadInputError(f"patient_index has {len(patient_index)} entries for {data.shape[0]} patches")
+        self.spec = spec
+        self.hp = hp
+        self.dp = dp
+        self.data = data.to(self.device)
+        self.objective = CriticObjective(spec.architecture.uses_gradient_penalty, hp.gp_weight)
+        generator, critic = build_pair(spec, seed=seed)
+        if weights is not None:
+            load_arrays(generator, weights, GENERATOR_PREFIX)
+            load_arrays(critic, weights, CRITIC_PREFIX)
+        self.generator = generator.to(self.device)
+        self.critic = critic.to(self.device)
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        betas = (hp.beta1, hp.beta2)
+        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=hp.generator_lr, betas=betas)
+        critic_opt = torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr, betas=betas)
+        if dp is None:
+            self.c_opt: torch.optim.Optimizer = critic_opt
+            self.sampler = None
+        else:
+            self.c_opt = make_dp_optimizer(
+                critic_opt,
+                noise_multiplier=dp.noise_multiplier,
+                max_grad_norm=dp.max_grad_norm,
+                expected_units=dp.expected_units,
+                generator=_secret_generator(self.device),
+            )
+            self.sampler = UnitSampler(
+                np.asarray(patient_index),
+                unit=dp.unit,
+                sample_rate=dp.sample_rate,
+                patches_per_patient=hp.patches_per_patient,
+                generator=_secret_generator(torch.device("cpu")),
+            )
+        self.critic_steps = 0
+        self.generator_steps = 0
+
+    # -- steps --------------------------------------------------------------------------------
+    def _fakes(self, n: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.generator(self.generator.sample_latents(max(n, 2), self.rng, self.device))[:n]
+
+    def critic_step(self) -> float | None:
+        """One critic iteration (= one accountant step under DP); returns the mean critic loss.
+
+        Under DP the returned loss is computed on private data and is NOT differentially private:
+        it is for the local log only and must not leave the site.
+        """
+        if self.sampler is None:
+            idx = torch.randint(self.data.shape[0], (self.hp.batch_size,), generator=self.rng, device=self.device)
+            real = self.data[idx]
+            fake = self._fakes(real.shape[0])
+            alpha = torch.rand(real.shape[0], generator=self.rng, device=self.device)
+            self.c_opt.zero_grad(set_to_none=True)
+            loss = batch_critic_losses(self.critic, real, fake, alpha, self.objective).mean()
+            loss.backward()
+            self.c_opt.step()
+            value: float | None = float(loss.detach())
+        else:
+            batch = self.sampler.draw()
+            real = self.data[batch.sample_index.to(self.device)]
+            if real.shape[0] == 0:  # Poisson sampling may draw nobody: the step is pure noise
+                grads = {k: p.new_zeros((0, *p.shape)) for k, p in self.critic.named_parameters()}
+                value = None
+            else:
+                fake = self._fakes(real.shape[0])
+                alpha = torch.rand(real.shape[0], generator=self.rng, device=self.device)
+                grads, losses = fast_per_sample_grads(
+                    self.critic,
+                    real,
+                    fake,
+                    alpha,
+                    self.objective,
+                    unit_index=batch.unit_index.to(self.device),
+                    num_units=batch.num_units,
+                )
+                value = float(losses.mean())
+            private_step(self.c_opt, self.critic, grads)  # type: ignore[arg-type]
+        self.critic.update_spectral_vectors()  # data-free power iteration (no-op without SN)
+        self.critic_steps += 1
+        return value
+
+    def generator_step(self) -> float:
+        """One generator update from the critic's scores of fresh fakes (no real data involved)."""
+        z = self.generator.sample_latents(self.hp.batch_size, self.rng, self.device)
+        scores = self.critic(self.generator(z))
+        loss = F.softplus(-scores).mean() if not self.objective.gradient_penalty else -scores.mean()
+        params = list(self.generator.parameters())
+        grads = torch.autograd.grad(loss, params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.g_opt.step()
+        self.g_opt.zero_grad(set_to_none=True)
+        self.generator_steps += 1
+        return float(loss.detach())
+
+    def train_iteration(self) -> dict[str, float]:
+        """One critic step, plus a generator step every ``n_critic`` critic steps."""
+        out: dict[str, float] = {}
+        c = self.critic_step()
+        if c is not None:
+            out["critic_loss"] = c
+        if self.critic_steps % self.hp.n_critic == 0:
+            out["generator_loss"] = self.generator_step()
+        return out
+
+    # -- state --------------------------------------------------------------------------------
+    def weights(self) -> dict[str, np.ndarray]:
+        """Current generator + critic weights as float32 arrays."""
+        return pair_to_arrays(self.generator, self.critic)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain numbers only (loadable with ``torch.load(weights_only=True)``)."""
+        return {
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "g_opt": self.g_opt.state_dict(),
+            "c_opt": self.c_opt.state_dict(),
+            "rng": self.rng.get_state(),
+            "critic_steps": self.critic_steps,
+            "generator_steps": self.generator_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (DP noise and sampling get fresh OS randomness)."""
+        self.generator.load_state_dict(state["generator"])
+        self.critic.load_state_dict(state["critic"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.c_opt.load_state_dict(state["c_opt"])
+        self.rng.set_state(state["rng"])
+        self.critic_steps = int(state["critic_steps"])
+        self.generator_steps = int(state["generator_steps"])
