@@ -37,7 +37,7 @@ from agent.ingest.nifti_files import ManifestRow
 from agent.ingest.pairing import Pairing, reset_pairing
 from agent.ingest.quarantine import Quarantined, Reason
 from agent.ingest.scanner import HEAD_BYTES, FileFormat, scan_sources, sniff_format
-from agent.ingest.units import Member, Outcome, UnitContext, ingest_dicom_series, ingest_single_file
+from agent.ingest.units import Member, Outcome, UnitContext, ingest_dicom_series, ingest_single_file, series_group_key
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def _group_of(member: Member, secrets) -> str:
         except Quarantined:
             return "f" + member.path_key
         if header.role is DicomRole.SLICE and header.series_uid:
-            return "s" + secrets.uid_key("series", header.series_uid)
+            return series_group_key(secrets, header.series_uid)
     return "f" + member.path_key
 
 

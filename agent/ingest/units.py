@@ -79,6 +79,11 @@ class UnitContext:
     manifest_patient: Callable[[Path], str | None]
 
 
+def series_group_key(secrets: SiteSecrets, series_uid: str) -> str:
+    """Group (and series) key of a single-frame DICOM series."""
+    return "s" + secrets.uid_key("series", series_uid)
+
+
 def failed(member: Member, kind: str, exc: Quarantined) -> Outcome:
     return Outcome([FileOutcome(member, kind, "quarantined", exc.reason, exc.detail)])
 
@@ -133,7 +138,7 @@ def _dicom_file(member: Member, ctx: UnitContext) -> Outcome:
             if not header.referenced_series_uid:
                 raise Quarantined(Reason.ORPHAN_LABEL, "SEG has no Referenced Series Sequence")
             arrays = seg_frames(ds)
-            series.update(ref_key=ctx.secrets.uid_key("series", header.referenced_series_uid), shape=list(arrays["frames"].shape))
+            series.update(ref_key=series_group_key(ctx.secrets, header.referenced_series_uid), shape=list(arrays["frames"].shape))
         elif header.role is DicomRole.ENHANCED:
             pixels = dicom_files.decode_pixels(ds)
             planes = dicom_files.frame_planes(ds)
