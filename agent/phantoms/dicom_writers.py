@@ -132,11 +132,23 @@ def vessel_seg(source_slices: list[Dataset], label: np.ndarray, ident: DicomIden
         content_description="exact vessel mask of the phantom geometry",
         omit_empty_frames=False,
     )
-    # highdicom stamps the current time; use the study's so the same seed gives the same file.
-    for keyword, value in (("ContentDate", ident.study_date), ("ContentTime", ident.study_time),
-                           ("SeriesDate", ident.study_date), ("SeriesTime", ident.study_time)):
-        setattr(seg, keyword, value)
+    _make_reproducible(seg, ident)
     return seg
+
+
+def _make_reproducible(seg: Dataset, ident: DicomIdentity) -> None:
+    """Replace the clock times and random UIDs highdicom stamps, so the same seed gives the same file."""
+    for keyword in ("ContentDate", "SeriesDate", "InstanceCreationDate"):
+        setattr(seg, keyword, ident.study_date)
+    for keyword in ("ContentTime", "SeriesTime", "InstanceCreationTime"):
+        setattr(seg, keyword, ident.study_time)
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = f"{ident.study_date}{ident.study_time}"
+    dimension_uid = instance_uid(ident, 0)  # instance numbers start at 1: 0 is free for this
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = dimension_uid
 
 
 def ophthalmic_photograph(render: FundusRender, ident: DicomIdentity, *, laterality: str) -> Dataset:

@@ -81,25 +81,28 @@ def render_fundus(eye: FundusEye, *, grade: int, size: int, rng: np.random.Gener
     """
     if size < 64:
         raise ValueError(f"fundus size must be >= 64 pixels, got {size}")
-    shift = rng.normal(0, 0.008, size=2)  # camera re-positioning between photographs
+    # Separate streams for the photograph and the lesions: with the same generator, images of one
+    # eye at different grades differ only by their lesions.
+    photo_rng, lesion_rng = rng.spawn(2)
+    shift = photo_rng.normal(0, 0.008, size=2)  # camera re-positioning between photographs
     lesions = draw_lesions(
-        rng, grade=grade, fov_centre=FOV_CENTRE, fov_radius=FOV_RADIUS,
+        lesion_rng, grade=grade, fov_centre=FOV_CENTRE, fov_radius=FOV_RADIUS,
         disc_centre=_moved(eye.disc_centre, shift), disc_radius=eye.disc_radius, fovea=_moved(eye.fovea, shift),
     )
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     yy, xx = (yy + 0.5) / size, (xx + 0.5) / size
 
-    image = _background(rng, yy, xx, eye, shift, size)
+    image = _background(photo_rng, yy, xx, eye, shift, size)
     image = _paint_disc(image, yy, xx, _moved(eye.disc_centre, shift), eye.disc_radius)
     vessels = Tubes(eye.vessels.starts + shift, eye.vessels.ends + shift, eye.vessels.r0, eye.vessels.r1, eye.vessels.value)
-    tufts = [_tuft(rng, lesion) for lesion in lesions if lesion.kind == "neovascular_tufts"]
+    tufts = [_tuft(lesion_rng, lesion) for lesion in lesions if lesion.kind == "neovascular_tufts"]
     image = _paint_vessels(image, Tubes.concatenate([vessels, *tufts]), size)
     for lesion in lesions:
         image = _paint_lesion(image, yy, xx, lesion, size)
 
     r = np.hypot(yy - FOV_CENTRE[0], xx - FOV_CENTRE[1])
     image *= (1.0 - 0.45 * (r / FOV_RADIUS) ** 3)[..., None]  # vignetting
-    image += rng.normal(0, 0.01, size=image.shape)
+    image += photo_rng.normal(0, 0.01, size=image.shape)
     inside = np.clip((FOV_RADIUS - r) * size + 0.5, 0.0, 1.0)  # anti-aliased circular field edge
     fov = inside >= 0.5
     rgb = _calibrate(image, core=(FOV_RADIUS - r) * size > 2.0) * inside[..., None]
