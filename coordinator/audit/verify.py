@@ -1,0 +1,326 @@
+"""Verify a privacy ledger with nothing but the file and the public keys (no trust in the coordinator).
+
+Checks, per entry in file order (a finding names the entry's sequence number and site):
+
+1. the line is a canonical, schema-valid entry whose ``seq`` is its position (ChainError);
+2. ``prev`` is the hash of the previous line: catches edits, deletions, insertions, reordering
+   (ChainError);
+3. the coordinator's countersignature verifies with ``coordinator.pub`` (SignatureError);
+4. the site's signature verifies with ``<site>.pub`` and names that key (SignatureError): catches
+   replaced signatures and claims forged with another site's key;
+5. the site's claim sequence and claim chain continue (ChainError: replayed, duplicated or removed
+   claims, even if a dishonest coordinator re-chained and re-signed the ledger);
+6. cumulative epsilon per site and dataset never decreases, ``epsilon`` is the increase, and the
+   value is recomputed from the recorded mechanisms with dp-accounting within the tolerance
+   stated in :mod:`coordinator.audit.recompute` (AccountingError);
+7. k-anonymity releases have ``k >= min_k`` and every cluster >= k patients (KAnonymityError);
+8. optionally, each artifact's SHA-256 names a file in the synthetic-output store whose content
+   has that hash (IntegrityError).
+
+After the last entry: the signed head (``LEDGER.head``) must verify and must not name more
+entries than the file holds (ChainError: the tail was truncated). A torn tail (interrupted write)
+is a warning: the entries before it still verify.
+
+:func:`audit` never raises for bad evidence and returns every finding; :func:`verify` raises the
+first error. Signature checks may run in worker processes (``workers``); the result is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from protocols.canonical import encode
+from protocols.errors import AnonfedError, BadInputError, ChainError, IntegrityError, SignatureError
+from protocols.ledger import CLAIM_DOMAIN, COUNTERSIGN_DOMAIN, GENESIS, LedgerEntry, MechanismKind, entry_hash_of
+from protocols.signing import VerifyKey
+
+from coordinator.audit.signature_batch import SignatureJob, check_signatures
+from coordinator.ledger.claim_checks import SiteTracker
+from coordinator.ledger.head import head_path_for, read_head
+from coordinator.ledger.storage import scan
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_KEY_NAME = "coordinator"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Severity(str, enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One problem found, with the entry it concerns (``seq`` None: the ledger as a whole)."""
+
+    severity: Severity
+    error: type[AnonfedError]
+    seq: int | None
+    site: str | None
+    message: str
+    stage: int = 2  # 0 record and chain structure, 1 signatures, 2 claim content, 3 artifacts
+
+    def describe(self) -> str:
+        where = "ledger" if self.seq is None else f"entry {self.seq}" + (f" (site {self.site})" if self.site else "")
+        tag = "FAIL" if self.severity is Severity.ERROR else "WARN"
+        return f"{tag}: {where}: {self.error.__name__}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryRow:
+    """What the report shows of one valid-looking entry."""
+
+    seq: int
+    site: str
+    run_id: str
+    round: int
+    task: str
+    dataset: str
+    mechanism: str
+    epsilon: float
+    cumulative_epsilon: float
+    k: int | None
+    min_k: int | None
+    cluster_sizes: tuple[int, ...]
+    artifacts: int
+    time: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditResult:
+    """Everything :func:`audit` found."""
+
+    ledger: Path
+    entries: int
+    torn_bytes: int
+    head_count: int | None
+    findings: tuple[Finding, ...]
+    rows: tuple[EntryRow, ...]
+    sites: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity is Severity.ERROR for f in self.findings)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    @property
+    def first_error(self) -> Finding | None:
+        errs = self.errors
+        return min(errs, key=_order) if errs else None
+
+    def summary_lines(self) -> list[str]:
+        """``OK:``/``FAIL:``/``WARN:`` lines for the CLI."""
+        lines = [f.describe() for f in sorted(self.findings, key=_order)]
+        if self.ok:
+            per_site = {}
+            for r in self.rows:
+                if r.mechanism == MechanismKind.DP_SGD.value or r.mechanism == MechanismKind.NONE.value:
+                    per_site.setdefault(r.site, {})[r.dataset] = r.cumulative_epsilon
+            lines.append(f"OK: chain of {self.entries} entries intact; every entry signed by its site and countersigned")
+            lines.append("OK: cumulative epsilon monotonic and recomputed with dp-accounting within tolerance")
+            for site in self.sites:
+                eps = ", ".join(f"{d} {e:.4g}" for d, e in sorted(per_site.get(site, {}).items())) or "no DP releases"
+                lines.append(f"OK: site {site}: {sum(r.site == site for r in self.rows)} entries; cumulative epsilon {eps}")
+        else:
+            first = self.first_error
+            assert first is not None
+            where = "ledger" if first.seq is None else f"entry {first.seq}" + (f" (site {first.site})" if first.site else "")
+            lines.append(f"FAIL: {len(self.errors)} error(s); first bad: {where}: {first.error.__name__}")
+        return lines
+
+
+def _order(f: Finding) -> tuple[int, int]:
+    # By entry; within an entry, structure before signatures before content (the most basic cause).
+    return (f.seq if f.seq is not None else 1 << 62, f.stage)
+
+
+def audit(
+    ledger_path: Path,
+    keys: Mapping[str, VerifyKey],
+    *,
+    head_path: Path | None = None,
+    store: Path | None = None,
+    workers: int = 1,
+) -> AuditResult:
+    """Check everything in the module docstring; return all findings (never raises for bad evidence).
+
+    ``keys`` maps ``coordinator`` and each site id to its public key (see
+    :func:`protocols.signing.load_key_directory`).
+
+    Raises
+    ------
+    BadInputError
+        If the ledger cannot be read or the coordinator key is missing (nothing can be checked).
+    """
+    ledger_path = Path(ledger_path)
+    if COORDINATOR_KEY_NAME not in keys:
+        raise BadInputError(f"the key folder needs {COORDINATOR_KEY_NAME}.pub (export it with `anonfed keys export`)")
+    coord_key = keys[COORDINATOR_KEY_NAME]
+    found = scan(ledger_path)
+    findings: list[Finding] = []
+    rows: list[EntryRow] = []
+    jobs: list[SignatureJob] = []
+    tracker = SiteTracker()
+    store_index = _index_store(store) if store is not None else None
+    hashes: list[str] = []
+    prev = GENESIS
+    for i, line in enumerate(found.lines):
+        this_hash = entry_hash_of(line)
+        hashes.append(this_hash)
+        try:
+            entry = LedgerEntry.from_line(line)
+        except BadInputError as exc:
+            findings.append(Finding(Severity.ERROR, ChainError, i, None, f"not a valid ledger record: {exc}", 0))
+            prev = this_hash
+            continue
+        site = entry.claim.site
+
+        def add(error: type[AnonfedError], message: str, stage: int, *, _seq: int = i, _site: str = site) -> None:
+            findings.append(Finding(Severity.ERROR, error, _seq, _site, message, stage))
+
+        if entry.seq != i:
+            add(ChainError, f"records seq {entry.seq} at position {i}: entries were removed, inserted or reordered", 0)
+        if entry.prev != prev:
+            add(ChainError, "previous-hash link broken: an entry before it was edited, removed, inserted or reordered", 0)
+        prev = this_hash
+        if entry.coordinator_key_id != coord_key.key_id:
+            add(SignatureError, f"countersigned with key {entry.coordinator_key_id}, not coordinator.pub ({coord_key.key_id})", 1)
+        else:
+            jobs.append(SignatureJob(i, site, COORDINATOR_KEY_NAME, COUNTERSIGN_DOMAIN, encode(entry.unsigned_dict()),
+                                     entry.coordinator_sig, "coordinator countersignature"))
+        site_key = keys.get(site)
+        if site_key is None:
+            add(SignatureError, f"no public key for site {site} in the key folder ({site}.pub)", 1)
+        elif entry.claim.key_id != site_key.key_id:
+            add(SignatureError, f"claim names key {entry.claim.key_id} but {site}.pub is {site_key.key_id} (signed with another key)", 1)
+        else:
+            jobs.append(SignatureJob(i, site, site, CLAIM_DOMAIN, entry.claim.canonical, entry.signed.signature, "site signature"))
+        planned = None
+        try:
+            planned = tracker.check(entry.claim)
+        except IntegrityError as exc:
+            add(type(exc), str(exc), 2)
+        except AnonfedError as exc:  # KAnonymityError is a policy error but still a bad entry here
+            add(type(exc), str(exc), 2)
+        tracker.accept(entry.claim, planned)
+        if store_index is not None:
+            for art in entry.claim.artifacts:
+                problem = _check_artifact(store_index, art.sha256)
+                if problem:
+                    add(IntegrityError, f"artifact {art.name}: {problem}", 3)
+        rows.append(_row(entry))
+
+    for job in check_signatures(jobs, {name: k.raw for name, k in keys.items()}, workers=workers):
+        findings.append(Finding(Severity.ERROR, SignatureError, job.seq, job.site, f"{job.what} does not verify", 1))
+
+    n = len(found.lines)
+    if found.torn_bytes:
+        findings.append(Finding(Severity.WARNING, ChainError, None, None,
+                                f"{found.torn_bytes} bytes after entry {n - 1} are an interrupted write; ignored"))
+    head_count = _check_head(head_path or head_path_for(ledger_path), coord_key, hashes, findings)
+    sites = tuple(sorted({r.site for r in rows}))
+    return AuditResult(ledger_path, n, found.torn_bytes, head_count, tuple(findings), tuple(rows), sites)
+
+
+def verify(
+    ledger_path: Path,
+    keys: Mapping[str, VerifyKey],
+    *,
+    head_path: Path | None = None,
+    store: Path | None = None,
+    workers: int = 1,
+) -> AuditResult:
+    """Like :func:`audit`, but raise the first error.
+
+    Raises
+    ------
+    ChainError, SignatureError, AccountingError, KAnonymityError, IntegrityError
+        The class of the first error finding, its message naming the entry and site.
+    """
+    result = audit(ledger_path, keys, head_path=head_path, store=store, workers=workers)
+    first = result.first_error
+    if first is not None:
+        where = "ledger" if first.seq is None else f"entry {first.seq}" + (f" (site {first.site})" if first.site else "")
+        raise first.error(f"{where}: {first.message}")
+    return result
+
+
+def _check_head(path: Path, key: VerifyKey, hashes: Sequence[str], findings: list[Finding]) -> int | None:
+    n = len(hashes)
+    try:
+        head = read_head(path)
+    except BadInputError as exc:
+        findings.append(Finding(Severity.ERROR, ChainError, None, None, f"signed head {path.name} is invalid: {exc}"))
+        return None
+    if head is None:
+        findings.append(Finding(Severity.WARNING, ChainError, None, None,
+                                f"no signed head ({path.name}): a truncated tail cannot be detected from the ledger "
+                                "alone; compare with the sites' claim logs"))
+        return None
+    try:
+        head.verify(key)
+    except AnonfedError as exc:
+        findings.append(Finding(Severity.ERROR, SignatureError, None, None, str(exc)))
+        return head.count
+    if head.count > n:
+        findings.append(Finding(Severity.ERROR, ChainError, n, None,
+                                f"missing: the signed head records {head.count} entries but the ledger ends after "
+                                f"entry {n - 1}; entries {n}..{head.count - 1} were truncated"))
+    elif head.count and hashes[head.count - 1] != head.last_hash:
+        findings.append(Finding(Severity.ERROR, ChainError, head.count - 1, None,
+                                "does not match the hash in the signed head: the ledger was rewritten"))
+    elif n - head.count > 1:
+        findings.append(Finding(Severity.WARNING, ChainError, None, None,
+                                f"the signed head is {n - head.count} entries behind the ledger"))
+    return head.count
+
+
+def _row(entry: LedgerEntry) -> EntryRow:
+    c = entry.claim
+    return EntryRow(
+        entry.seq, c.site, c.run_id, c.round, c.task.value, c.dataset, c.mechanism.kind.value, c.epsilon,
+        c.cumulative_epsilon, c.kanon.k if c.kanon else None, c.kanon.min_k if c.kanon else None,
+        c.kanon.cluster_sizes if c.kanon else (), len(c.artifacts), c.time,
+    )
+
+
+@dataclasses.dataclass
+class _StoreIndex:
+    paths: dict[str, Path]
+    verified: dict[str, bool]
+
+
+def _index_store(store: Path) -> _StoreIndex:
+    store = Path(store)
+    if not store.is_dir():
+        raise BadInputError(f"synthetic-output store {store} is not a folder")
+    paths: dict[str, Path] = {}
+    for p in store.rglob("*"):
+        stem = p.name.split(".", 1)[0]
+        if _HEX64.match(stem) and p.is_file():
+            paths[stem] = p
+    return _StoreIndex(paths, {})
+
+
+def _check_artifact(index: _StoreIndex, digest: str) -> str | None:
+    path = index.paths.get(digest)
+    if path is None:
+        return f"no file named {digest[:16]}... in the store"
+    ok = index.verified.get(digest)
+    if ok is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        ok = index.verified[digest] = h.hexdigest() == digest
+    return None if ok else f"store file {path.name} does not hash to its name (content altered)"

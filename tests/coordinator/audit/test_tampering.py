@@ -1,0 +1,182 @@
+"""Every kind of tampering is detected and the first bad entry is named."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from coordinator.audit.verify import audit, verify
+from coordinator.ledger.head import head_path_for, sign_head, write_head
+from protocols.canonical import decode, encode
+from protocols.errors import AccountingError, ChainError, SignatureError
+from protocols.ledger import GENESIS, LedgerEntry, SignedClaim, countersign, entry_hash_of, sign_claim
+from protocols.signing import load_key_directory
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")[:-1]
+
+
+def _write(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(x + b"\n" for x in lines))
+
+
+def _rechain(path: Path, entries: list[LedgerEntry], coordinator_key) -> None:
+    """What a dishonest coordinator (who holds its own key, not the sites') can do: rebuild the chain."""
+    prev, lines = GENESIS, []
+    for seq, e in enumerate(entries):
+        new = countersign(e.signed, seq=seq, prev=prev, key=coordinator_key, received_at=e.received_at)
+        lines.append(new.line)
+        prev = new.entry_hash
+    _write(path, lines)
+    write_head(head_path_for(path), sign_head(count=len(lines), last_hash=prev, key=coordinator_key))
+
+
+@pytest.fixture
+def keys(key_dir):
+    return load_key_directory(key_dir)
+
+
+def test_pristine_ledger_verifies(ledger, keys) -> None:
+    result = verify(ledger, keys)
+    assert result.ok and result.entries == len(_lines(ledger)) and result.head_count == result.entries
+    assert set(result.sites) == {"hospital-a", "hospital-b"}
+    assert any(line.startswith("OK: site hospital-a") for line in result.summary_lines())
+
+
+def test_field_edited(ledger, keys) -> None:
+    lines = _lines(ledger)
+    d = decode(lines[3])
+    d["claim"]["round"] += 1
+    lines[3] = encode(d)
+    _write(ledger, lines)
+    with pytest.raises(SignatureError, match=r"entry 3 \(site hospital-a\): .*signature does not verify"):
+        verify(ledger, keys)
+
+
+def test_entry_deleted(ledger, keys) -> None:
+    lines = _lines(ledger)
+    del lines[2]
+    _write(ledger, lines)
+    with pytest.raises(ChainError, match=r"entry 2 \(site hospital-a\): records seq 3 at position 2"):
+        verify(ledger, keys)
+
+
+def test_entry_deleted_and_rechained_by_coordinator(ledger, keys, keyring) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    del entries[2]  # hospital-a's claim 1
+    _rechain(ledger, entries, keyring["coordinator"])
+    with pytest.raises(ChainError, match=r"entry 2 \(site hospital-a\).*claims 1\.\.1 of this site are missing"):
+        verify(ledger, keys)
+
+
+def test_two_entries_swapped(ledger, keys) -> None:
+    lines = _lines(ledger)
+    lines[4], lines[5] = lines[5], lines[4]
+    _write(ledger, lines)
+    with pytest.raises(ChainError, match=r"entry 4 \(site hospital-b\)"):
+        verify(ledger, keys)
+
+
+def test_same_site_entries_swapped_and_rechained(ledger, keys, keyring) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    entries[0], entries[2] = entries[2], entries[0]  # hospital-a claims 0 and 1
+    _rechain(ledger, entries, keyring["coordinator"])
+    with pytest.raises(ChainError, match=r"entry 0 \(site hospital-a\).*claims 0\.\.0 of this site are missing"):
+        verify(ledger, keys)
+
+
+def test_tail_truncated(ledger, keys) -> None:
+    lines = _lines(ledger)
+    _write(ledger, lines[:-2])
+    with pytest.raises(ChainError, match=rf"entry {len(lines) - 2}\b.*entries {len(lines) - 2}\.\.{len(lines) - 1} were truncated"):
+        verify(ledger, keys)
+
+
+def test_signature_replaced(ledger, keys) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    e = entries[1]
+    other = entries[3].signed.signature  # a real signature of the same site, over another claim
+    tampered = dataclasses.replace(e, signed=SignedClaim(e.claim, other))
+    lines = _lines(ledger)
+    lines[1] = tampered.line
+    _write(ledger, lines)
+    result = audit(ledger, keys)
+    first = result.first_error
+    assert (first.error, first.seq, first.site) == (SignatureError, 1, "hospital-b")
+    assert any(f.seq == 1 and f.message == "site signature does not verify" for f in result.findings)
+
+
+def test_signature_replaced_and_recountersigned(ledger, keys, keyring) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    e = entries[1]
+    entries[1] = dataclasses.replace(e, signed=SignedClaim(e.claim, entries[4].signed.signature))
+    _rechain(ledger, entries, keyring["coordinator"])
+    with pytest.raises(SignatureError, match=r"entry 1 \(site hospital-b\): site signature does not verify"):
+        verify(ledger, keys)
+
+
+def test_entry_forged_with_another_sites_key(ledger, keys, keyring) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    victim = entries[2].claim  # hospital-a
+    forged_claim = dataclasses.replace(victim, key_id=keyring["hospital-b"].key_id)
+    entries[2] = dataclasses.replace(entries[2], signed=sign_claim(forged_claim, keyring["hospital-b"]))
+    _rechain(ledger, entries, keyring["coordinator"])
+    with pytest.raises(SignatureError, match=r"entry 2 \(site hospital-a\): claim names key .*signed with another key"):
+        verify(ledger, keys)
+
+
+def test_entry_replayed(ledger, keys, keyring) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    entries.append(entries[0])  # hospital-a's first claim again, validly signed by the site
+    _rechain(ledger, entries, keyring["coordinator"])
+    n = len(entries) - 1
+    with pytest.raises(ChainError, match=rf"entry {n} \(site hospital-a\).*replayed or duplicated"):
+        verify(ledger, keys)
+
+
+def test_cumulative_epsilon_decreased(ledger, keys, keyring) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    c = entries[2].claim  # hospital-a claim 1
+    lower = entries[0].claim.cumulative_epsilon * 0.9
+    bad = dataclasses.replace(c, cumulative_epsilon=lower, epsilon=0.0)
+    entries[2] = dataclasses.replace(entries[2], signed=sign_claim(bad, keyring["hospital-a"]))  # a lying site
+    _rechain(ledger, entries, keyring["coordinator"])
+    with pytest.raises(AccountingError, match=r"entry 2 \(site hospital-a\).*cumulative epsilon decreased"):
+        verify(ledger, keys)
+
+
+def test_epsilon_inconsistent_with_mechanism(ledger, keys, keyring) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    c = entries[0].claim
+    mech = dataclasses.replace(c.mechanism, noise_multiplier=c.mechanism.noise_multiplier * 2)  # claims more noise
+    entries[0] = dataclasses.replace(entries[0], signed=sign_claim(dataclasses.replace(c, mechanism=mech), keyring["hospital-a"]))
+    _rechain(ledger, entries, keyring["coordinator"])
+    with pytest.raises(AccountingError, match=r"entry 0 \(site hospital-a\).*exceeds the RDP upper bound"):
+        verify(ledger, keys)
+
+
+@pytest.mark.parametrize(
+    ("field", "error"),
+    [("prev", ChainError), ("site_sig", SignatureError), ("coordinator_sig", SignatureError), ("site_prev", SignatureError)],
+)
+def test_one_flipped_byte_gives_the_specific_error(ledger, keys, field, error) -> None:
+    lines = _lines(ledger)
+    line = bytearray(lines[2])
+    marker = f'"{field}":'.encode()
+    pos = line.index(marker) + len(marker) + 12  # inside the value
+    line[pos] = ord("1") if line[pos] != ord("1") else ord("2")
+    lines[2] = bytes(line)
+    _write(ledger, lines)
+    with pytest.raises(error, match=r"entry 2 \(site hospital-a\)"):
+        verify(ledger, keys)
+
+
+def test_flipped_byte_breaking_the_syntax_is_a_chain_error(ledger, keys) -> None:
+    lines = _lines(ledger)
+    lines[1] = lines[1].replace(b'"seq":', b'"seq" ', 1)
+    _write(ledger, lines)
+    with pytest.raises(ChainError, match=r"entry 1\b.*not a valid ledger record"):
+        verify(ledger, keys)
