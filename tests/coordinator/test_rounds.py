@@ -1,0 +1,117 @@
+"""The round loop over real site handlers (fake engine): budgets, refusals, attribution, collection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.budget import ConsortiumBudget
+from coordinator.rounds import FederationPlan, run_federation
+from coordinator.store import SyntheticStore
+from protocols import messages as m
+
+
+def _run(transport, tmp_path, *, rounds=3, consortium=10.0, synth=4):
+    plan = FederationPlan(rounds=rounds, patch_size=8, local_steps=2, synth_count=synth, run_id="run-t")
+    engine = next(iter(transport.nodes.values()))[1]
+    init = engine.reference_weights(architecture=plan.architecture, patch_size=plan.patch_size)
+    store = SyntheticStore(tmp_path / "store")
+    result = run_federation(transport, plan, budget=ConsortiumBudget(consortium), store=store, initial_weights=init)
+    return result, store
+
+
+def _spent(transport, node):
+    site, engine = transport.nodes[node]
+    return engine.epsilon_spent(site, dataset_id="tof")
+
+
+def test_site_that_refuses_for_budget_is_dropped_and_others_finish(consortium, tmp_path) -> None:
+    # hospital-c: round 1 costs 0.5 (coordinator then projects 1.0 <= 2.0), round 2 would cost 2.0: the site refuses.
+    t = consortium(budgets=(6.0, 6.0, 2.0), eps=(1.5, 1.5, [0.5, 2.0]))
+    result, _ = _run(t, tmp_path, rounds=3)
+    assert result.rounds_completed == 3
+    assert [r["code"] for r in result.refusals if r["site"] == "hospital-c"] == ["budget-exceeded"]
+    train_sent_to_c = [rnd for node, kind, rnd in t.sent if node == 1002 and kind == "train-instruction"]
+    assert train_sent_to_c == [1, 2]  # refused in round 2, never asked again
+    for timing in result.timings[:3]:
+        assert timing.sites_trained == (3 if timing.round == 1 else 2)
+    assert result.budget["hospital-c"]["exhausted"] is True
+
+
+def test_per_site_epsilon_is_each_sites_own_report(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0), eps=(0.7, 1.1, 2.3))
+    result, _ = _run(t, tmp_path, rounds=2)
+    for node, site in result.sites.items():
+        assert result.budget[site]["spent"] == pytest.approx(_spent(t, node))
+    spent = sorted(float(b["spent"]) for b in result.budget.values())
+    assert spent == pytest.approx([1.4, 2.2, 4.6])  # never averaged
+    assert result.summary()["consortium_epsilon_max_over_sites"] == pytest.approx(4.6)
+
+
+def test_run_ends_cleanly_when_no_site_fits_the_consortium_budget(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0), eps=(1.5, 1.5, 1.5))
+    result, _ = _run(t, tmp_path, rounds=5, consortium=2.0)
+    assert result.rounds_completed == 1
+    assert "no site can train" in result.stop_reason
+    assert all(_spent(t, n) == pytest.approx(1.5) for n in t.nodes)
+
+
+def test_weights_are_averaged_by_patients(consortium, tmp_path) -> None:
+    t = consortium(patients=(1, 1, 8), budgets=(9.0, 9.0, 9.0))
+    result, _ = _run(t, tmp_path, rounds=1, synth=0)
+    init = t.nodes[1000][1].reference_weights(architecture="wgan-gp", patch_size=8)
+    for k, v in result.weights.items():
+        np.testing.assert_allclose(v, init[k] + 0.1, rtol=1e-6)  # every fake site adds 0.1
+
+
+def test_outputs_are_collected_verified_and_stored(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+    result, store = _run(t, tmp_path, rounds=1)
+    assert {o["site"] for o in result.outputs} == {"hospital-a", "hospital-b", "hospital-c"}
+    assert store.verify() == []
+    for o in result.outputs:
+        assert store.load(o["sha256"]).shape == (4, 2, 8, 8)
+
+
+def test_reply_attributed_to_another_node_is_rejected(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+    real_exchange = t.exchange
+
+    def swapped(requests, *, round_, timeout_s):
+        out = real_exchange(requests, round_=round_, timeout_s=timeout_s)
+        if round_ == 1:
+            out[1000], out[1001] = out[1001], out[1000]  # node 1000 answers with hospital-b's reply
+        return out
+
+    t.exchange = swapped
+    result, _ = _run(t, tmp_path, rounds=1, synth=0)
+    rejected = {r["site"] for r in result.refusals if r["code"] == "rejected"}
+    assert rejected == {"hospital-a", "hospital-b"}
+    assert result.timings[0].sites_trained == 1
+
+
+def test_tampered_samples_are_not_stored(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+    real_exchange = t.exchange
+
+    def tamper(requests, *, round_, timeout_s):
+        out = real_exchange(requests, round_=round_, timeout_s=timeout_s)
+        env = out.get(1000)
+        if isinstance(env, m.Envelope) and isinstance(env.message, m.SynthesizeReply):
+            samples = env.arrays["samples"].copy()
+            samples[0, 0, 0, 0] = 0.123
+            out[1000] = m.Envelope(env.message, {"samples": samples})
+        return out
+
+    t.exchange = tamper
+    result, store = _run(t, tmp_path, rounds=1)
+    assert "hospital-a" not in {o["site"] for o in result.outputs}
+    assert any(r["site"] == "hospital-a" and "does not match" in r["reason"] for r in result.refusals)
+    assert {e.site for e in store.entries()} == {"hospital-b", "hospital-c"}
+
+
+def test_second_node_claiming_the_same_site_is_left_out(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+    t.nodes[1003] = t.nodes[1000]
+    result, _ = _run(t, tmp_path, rounds=1, synth=0)
+    assert sorted(result.sites) == [1000, 1001, 1002]
