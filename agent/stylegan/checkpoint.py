@@ -18,7 +18,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,18 +26,21 @@ import torch
 from agent.stylegan.config import ReleasePolicy
 from protocols.errors import BadInputError, EgressBlockedError
 
+if TYPE_CHECKING:
+    from agent.stylegan.generator import Generator
+
 FORMAT = "anonfed-stylegan-checkpoint/1"
 RELEASE_POLICY_KEY = "release_policy"
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically (temp file in the same folder, fsync, rename)."""
+def save_checkpoint(path: Path, payload: dict[str, Any], *, fmt: str = FORMAT) -> None:
+    """Write ``payload`` tagged with ``fmt`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, **payload}, fh)
+            torch.save({"format": fmt, **payload}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -46,8 +49,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, refusing anything that is not plain data.
+def load_checkpoint(path: Path, *, fmt: str = FORMAT) -> dict[str, Any]:
+    """Read a checkpoint tagged ``fmt``, refusing anything that is not plain data.
 
     Raises
     ------
@@ -59,11 +62,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         # weights_only=True refuses any pickled class or function with an UnpicklingError.
-        raise BadInputError(f"cannot load StyleGAN checkpoint {Path(path).name}: only tensors and plain values "
+        raise BadInputError(f"cannot load checkpoint {Path(path).name}: only tensors and plain values "
                             f"are accepted ({type(exc).__name__}); re-export it with save_checkpoint") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise BadInputError(f"{Path(path).name} is not a StyleGAN checkpoint: expected format {FORMAT!r}, "
+        raise BadInputError(f"{Path(path).name} is not the expected checkpoint: expected format {fmt!r}, "
                             f"found {found!r}")
     return payload
 
@@ -87,3 +90,14 @@ def generator_arrays_for_release(payload: dict[str, Any]) -> dict[str, np.ndarra
         )
     state = payload["state"]["generator_ema"]
     return {f"generator.{k}": v.detach().cpu().to(torch.float32).numpy().copy() for k, v in state.items()}
+
+
+def generator_from_checkpoint(payload: dict[str, Any], *, ema: bool = True) -> "Generator":
+    """Rebuild the (EMA) generator of a checkpoint, frozen and in eval mode (for sampling, inversion)."""
+    from agent.stylegan.config import StyleGANConfig
+    from agent.stylegan.generator import Generator
+
+    arch = StyleGANConfig(**payload["arch"])
+    G = Generator(arch)
+    G.load_state_dict(payload["state"]["generator_ema" if ema else "generator"])
+    return G.eval().requires_grad_(False)
