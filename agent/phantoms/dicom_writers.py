@@ -15,6 +15,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
+from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid, MRImageStorage, OphthalmicPhotography8BitImageStorage, PYDICOM_IMPLEMENTATION_UID
 
@@ -71,7 +72,7 @@ def mr_series(study: TofStudy, ident: DicomIdentity) -> list[Dataset]:
     slices = []
     for k in range(nz):
         ds = _base_dataset(ident, sop_class=MRImageStorage, modality="MR", instance=k + 1)
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
         ds.SeriesDescription = "TOF 3D multi-slab"
         ds.BodyPartExamined = "HEAD"
         ds.ScanningSequence = "GR"
@@ -85,12 +86,13 @@ def mr_series(study: TofStudy, ident: DicomIdentity) -> list[Dataset]:
         ds.EchoTrainLength = 1
         ds.MagneticFieldStrength = 3.0
         ds.ImagedNucleus = "1H"
-        ds.SliceThickness = dz
-        ds.SpacingBetweenSlices = dz
-        ds.PixelSpacing = [dy, dx]
+        # Decimal strings are at most 16 characters: round geometry to 0.1 micrometre.
+        ds.SliceThickness = _ds(dz)
+        ds.SpacingBetweenSlices = _ds(dz)
+        ds.PixelSpacing = [_ds(dy), _ds(dx)]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(origin[2] + k * dz)]
-        ds.SliceLocation = float(origin[2] + k * dz)
+        ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1]), _ds(origin[2] + k * dz)]
+        ds.SliceLocation = _ds(origin[2] + k * dz)
         ds.FrameOfReferenceUID = ident.frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
         ds.PatientPosition = "HFS"
@@ -156,8 +158,11 @@ def ophthalmic_photograph(render: FundusRender, ident: DicomIdentity, *, lateral
     ds = _base_dataset(ident, sop_class=OphthalmicPhotography8BitImageStorage, modality="OP", instance=1)
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.SeriesDescription = "Colour fundus 45 deg"
-    ds.Laterality = laterality
-    ds.ImageLaterality = laterality
+    ds.ImageLaterality = laterality  # image-level; series-level Laterality is not allowed alongside it
+    ds.PatientOrientation = ""
+    ds.SynchronizationFrameOfReferenceUID = ident.frame_of_reference_uid
+    ds.SynchronizationTrigger = "NO TRIGGER"
+    ds.AcquisitionTimeSynchronized = "N"
     ds.NumberOfFrames = 1
     ds.FrameIncrementPointer = 0x00181063  # FrameTime, required pointer for a multi-frame-capable IOD
     ds.FrameTime = 0.0
@@ -170,12 +175,15 @@ def ophthalmic_photograph(render: FundusRender, ident: DicomIdentity, *, lateral
     ds.EmmetropicMagnification = 1.0
     ds.IntraOcularPressure = 15.0
     ds.PupilDilated = "YES"
+    ds.DegreeOfDilation = 7.0
+    ds.MydriaticAgentSequence = []
+    ds.RefractiveStateSequence = []
     ds.DetectorType = "CCD"
-    ds.AnatomicRegionSequence = [_code("81745001", "SCT", "Eye")]
-    ds.AcquisitionDeviceTypeCodeSequence = [_code("409898007", "SCT", "Fundus Camera")]
+    ds.AnatomicRegionSequence = [_code(codes.SCT.Eye)]
+    ds.AcquisitionDeviceTypeCodeSequence = [_code(codes.SCT.FundusCamera)]
+    ds.ChannelDescriptionCodeSequence = [_code(codes.SCT.Red), _code(codes.SCT.Green), _code(codes.SCT.Blue)]
     for keyword in ("IlluminationTypeCodeSequence", "LightPathFilterTypeStackCodeSequence",
-                    "ImagePathFilterTypeStackCodeSequence", "LensesCodeSequence",
-                    "ChannelDescriptionCodeSequence", "AcquisitionContextSequence"):
+                    "ImagePathFilterTypeStackCodeSequence", "LensesCodeSequence", "AcquisitionContextSequence"):
         setattr(ds, keyword, [])
     _set_pixels(ds, render.rgb, photometric="RGB", bits=8)
     return ds
@@ -228,7 +236,12 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, *, photometric: str, bits: int)
     ds.PixelData = np.ascontiguousarray(pixels, dtype=dtype).tobytes()
 
 
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
+def _code(code: Code) -> Dataset:
     item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
     return item
+
+
+def _ds(value: float) -> float:
+    """A float that formats within the 16 characters of a DICOM decimal string."""
+    return round(float(value), 4)

@@ -28,7 +28,9 @@ class Lesion:
 
     kind: str
     centre: tuple[float, float]  # (y, x)
-    radius: float
+    radius: float  # along the short axis
+    aspect: float = 1.0  # long / short axis (haemorrhages are blots or flames, the rest round)
+    angle: float = 0.0  # direction of the long axis, radians
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +84,11 @@ def draw_lesions(
                 centre = _near(rng, fovea, 0.03, 0.2)  # hard exudates gather around the macula
             else:
                 centre = _inside_fov(rng, fov_centre, fov_radius * 0.85, disc_centre, disc_radius * 1.5)
-            lesions.append(Lesion(kind, centre, float(rng.uniform(*radii[kind]))))
+            radius = float(rng.uniform(*radii[kind]))
+            if kind == "haemorrhages":
+                lesions.append(Lesion(kind, centre, radius, float(rng.uniform(1.0, 2.5)), float(rng.uniform(0, np.pi))))
+            else:
+                lesions.append(Lesion(kind, centre, radius))
     return lesions
 
 
