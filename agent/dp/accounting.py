@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 HistoryEntry = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
 MAX_NOISE_MULTIPLIER = 1e4
-_CALIBRATION_REL_TOL = 1e-3
+_CALIBRATION_REL_TOL = 2e-3
 
 
 class AccountantKind(str, enum.Enum):
@@ -100,7 +100,7 @@ def calibrate_noise_multiplier(
     kind: AccountantKind,
     prior_history: Sequence[HistoryEntry] = (),
 ) -> float:
-    """Smallest noise multiplier (to 0.1 % relative) whose total epsilon stays <= ``target_epsilon``.
+    """Smallest noise multiplier (to 0.2 % relative) whose total epsilon stays <= ``target_epsilon``.
 
     The total is ``prior_history`` followed by ``steps`` steps at ``sample_rate``. The result is
     always on the safe side: epsilon(result) <= target_epsilon with the same analysis.
@@ -117,21 +117,37 @@ def calibrate_noise_multiplier(
         raise BadInputError(f"steps: expected >= 1 planned DP steps, got {steps}")
     prior = list(prior_history)
 
-    def eps(sigma: float) -> float:
-        return epsilon_of(prior + [(sigma, sample_rate, steps)], delta=delta, kind=kind)
+    def eps(sigma: float, analysis: AccountantKind) -> float:
+        return epsilon_of(prior + [(sigma, sample_rate, steps)], delta=delta, kind=analysis)
 
-    high = 1.0
-    while eps(high) > target_epsilon:
-        high *= 2
-        if high > MAX_NOISE_MULTIPLIER:
-            raise BadInputError(
-                f"target_epsilon={target_epsilon} cannot be met with {steps} steps at sample_rate={sample_rate:.4g}"
-                f" (after {len(prior)} earlier history entries): lower the steps or the sample rate"
-            )
-    low = 0.0
+    # RDP first (cheap and looser); PRV, when asked for, then only searches below the RDP answer.
+    high = _bisect(lambda s: eps(s, AccountantKind.RDP), target_epsilon, low=0.0, high=1.0, grow=True, steps=steps,
+                   sample_rate=sample_rate, prior=len(prior))
+    if AccountantKind(kind) is AccountantKind.RDP:
+        return high
+    if eps(high, AccountantKind.PRV) > target_epsilon:  # PRV fell back or disagrees: search upwards
+        return _bisect(lambda s: eps(s, AccountantKind.PRV), target_epsilon, low=high, high=2 * high, grow=True,
+                       steps=steps, sample_rate=sample_rate, prior=len(prior))
+    low = 0.5 * high
+    if eps(low, AccountantKind.PRV) <= target_epsilon:
+        low = 0.0
+    return _bisect(lambda s: eps(s, AccountantKind.PRV), target_epsilon, low=low, high=high, grow=False,
+                   steps=steps, sample_rate=sample_rate, prior=len(prior))
+
+
+def _bisect(eps, target: float, *, low: float, high: float, grow: bool, steps: int, sample_rate: float, prior: int) -> float:
+    """Smallest sigma in (low, high] with eps(sigma) <= target, to _CALIBRATION_REL_TOL; doubles high if asked."""
+    if grow:
+        while eps(high) > target:
+            low, high = high, high * 2
+            if high > MAX_NOISE_MULTIPLIER:
+                raise BadInputError(
+                    f"target_epsilon={target} cannot be met with {steps} steps at sample_rate={sample_rate:.4g}"
+                    f" (after {prior} earlier history entries): lower the steps or the sample rate"
+                )
     while high - low > _CALIBRATION_REL_TOL * high:
         mid = (low + high) / 2
-        if eps(mid) > target_epsilon:
+        if eps(mid) > target:
             low = mid
         else:
             high = mid

@@ -164,14 +164,14 @@ class DurableAccountant:
             raise BadInputError(
                 f"noise_multiplier: DP steps need noise > 0, got {noise_multiplier}; non-DP training is not accounted"
             )
-        before = self.epsilon()
-        if math.isinf(before):
+        if any(r.noise_multiplier == 0 for r in self.reservations):
             raise BudgetExceededError(
                 "a model trained WITHOUT differential privacy was already released from this dataset "
                 "(epsilon = infinity), so no DP guarantee can be given any more; use a different dataset"
             )
         after = self.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         if after > max_epsilon:
+            before = self.epsilon()
             raise BudgetExceededError(
                 f"{steps} more DP steps (noise multiplier {noise_multiplier:.4g}, sample rate {sample_rate:.4g}) "
                 f"would raise epsilon from {before:.4g} to {after:.4g} at delta={self.delta:g}, above the site "
@@ -181,7 +181,7 @@ class DurableAccountant:
         reservation = Reservation(float(noise_multiplier), float(sample_rate), int(steps), PrivacyUnit(unit), label, time.time())
         self._write(self.reservations + [reservation])
         self.reservations.append(reservation)
-        log.info("reserved %d DP steps; cumulative epsilon %.4g -> %.4g (delta %g)", steps, before, after, self.delta)
+        log.info("reserved %d DP steps; cumulative epsilon now %.4g (delta %g)", steps, after, self.delta)
         return after
 
     def record_non_private_release(self, *, steps: int, unit: PrivacyUnit, label: str = "") -> None:
