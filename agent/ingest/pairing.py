@@ -91,6 +91,9 @@ class Pairing:
                 key = path_keys.get(row.image)
                 if key is not None:
                     self.problems.append((key, None, None, Reason.MISSING_LABEL, "manifest names a label file that does not exist"))
+                    series = self._series_of_file(key)
+                    if series is not None:
+                        self.updates.setdefault(series, {})["status"] = "held"
 
     def apply_grades(self, grades_csvs: list[Path]) -> None:
         secrets = self.catalog.secrets

@@ -86,7 +86,9 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
         run_id = catalog.begin_run()
         secrets = catalog.secrets
         manifests, config_csvs = _load_config_tables(cfg)
-        ctx = UnitContext(secrets, cache, config_csvs, _pair_token_fn(secrets, manifests), _manifest_patient_fn(manifests))
+        labels = {row.label for rows in manifests.values() for row in rows if row.label is not None}
+        ctx = UnitContext(secrets, cache, config_csvs, _pair_token_fn(secrets, manifests), _manifest_patient_fn(manifests),
+                          lambda path: path.resolve() in labels)
 
         scan = scan_sources(cfg.sources, cfg.ingest, exclude=cfg.state.root)
         report.files_scanned = len(scan.files)

@@ -77,6 +77,7 @@ class UnitContext:
     config_csvs: dict[Path, str]  # resolved CSV path -> kind ("grades-csv" / "nifti-manifest")
     pair_token_of: Callable[[Path], str]  # NIfTI file -> token shared by an image and its label
     manifest_patient: Callable[[Path], str | None]
+    manifest_is_label: Callable[[Path], bool]
 
 
 def series_group_key(secrets: SiteSecrets, series_uid: str) -> str:
@@ -223,13 +224,14 @@ def ingest_dicom_series(members: list[Member], ctx: UnitContext, series_key: str
 
 
 def _nifti_file(member: Member, ctx: UnitContext) -> Outcome:
-    is_label = nifti_files.is_label_name(member.path.name)
+    is_label = ctx.manifest_is_label(member.path) or nifti_files.is_label_name(member.path.name)
     kind = "nifti-label" if is_label else "nifti-image"
     try:
         vol = nifti_files.read_nifti(member.data, is_label=is_label)
     except Quarantined as exc:
         return failed(member, kind, exc)
-    stem = nifti_files.image_stem_of_label(member.path.name) if is_label else nifti_files.nifti_stem(member.path.name)
+    name = member.path.name
+    stem = nifti_files.image_stem_of_label(name) if nifti_files.is_label_name(name) else nifti_files.nifti_stem(name)
     real_id = ctx.manifest_patient(member.path) or nifti_files.patient_from_name(stem)
     patient_key = ctx.secrets.patient_key(real_id)
     name = "label" if is_label else "image"
