@@ -28,7 +28,6 @@ Hashes and signatures always cover a *domain tag* followed by canonical bytes (s
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from protocols.errors import BadInputError
@@ -48,38 +47,41 @@ CanonicalError = BadInputError
 
 
 def _check(value: Any, path: str) -> None:
-    # Validate explicitly: json.dumps silently accepts tuples-as-keys coercion, int subclasses,
-    # and out-of-range integers, all of which would make the encoding ambiguous.
-    t = type(value)
-    if value is None or t is bool or t is str:
+    # Validate explicitly: json.dumps silently turns int/float/bool/None keys into strings and
+    # accepts integers of any size, both of which would make the encoding ambiguous. Iterative
+    # with exact type tests because this runs on every signed record.
+    stack: list[tuple[Any, str]] = [(value, path)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v, where = pop()
+        t = type(v)
         if t is str:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise CanonicalError(f"{path}: string is not valid Unicode (lone surrogate)") from exc
-        return
-    if t is int:
-        if not INT_MIN <= value <= INT_MAX:
-            raise CanonicalError(f"{path}: integer {value} outside the signed 64-bit range")
-        return
-    if t is float:
-        if not math.isfinite(value):
-            raise CanonicalError(f"{path}: {value!r} is not allowed (only finite floats; spell infinity as \"inf\")")
-        return
-    if t is list or t is tuple:
-        for i, item in enumerate(value):
-            _check(item, f"{path}[{i}]")
-        return
-    if t is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise CanonicalError(f"{path}: object key {key!r} is {type(key).__name__}, expected str")
-            _check(key, f"{path}.<key>")
-            _check(item, f"{path}.{key}")
-        return
-    raise CanonicalError(
-        f"{path}: type {t.__name__} cannot be encoded; allowed: None, bool, int, float, str, list, dict"
-    )
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise CanonicalError(f"{where}: string is not valid Unicode (lone surrogate)") from exc
+        elif t is dict:
+            for key, item in v.items():
+                if type(key) is not str:
+                    raise CanonicalError(f"{where}: object key {key!r} is {type(key).__name__}, expected str")
+                push((key, where))
+                push((item, f"{where}.{key}"))
+        elif t is int:
+            if not INT_MIN <= v <= INT_MAX:
+                raise CanonicalError(f"{where}: integer {v} outside the signed 64-bit range")
+        elif t is float:
+            if v - v != 0.0:  # NaN and +-inf (faster than math.isfinite on this path)
+                raise CanonicalError(f"{where}: {v!r} is not allowed (only finite floats; spell infinity as \"inf\")")
+        elif t is list or t is tuple:
+            for i, item in enumerate(v):
+                push((item, f"{where}[{i}]"))
+        elif v is None or t is bool:
+            pass
+        else:
+            raise CanonicalError(
+                f"{where}: type {t.__name__} cannot be encoded; allowed: None, bool, int, float, str, list, dict"
+            )
 
 
 def encode(value: Any) -> bytes:
@@ -98,6 +100,13 @@ def _reject_constant(name: str) -> Any:
     raise CanonicalError(f"{name} is not a canonical number; only finite numbers are allowed")
 
 
+def _parse_int(literal: str) -> int:
+    value = int(literal)
+    if not INT_MIN <= value <= INT_MAX:
+        raise CanonicalError(f"integer {literal} outside the signed 64-bit range")
+    return value
+
+
 def decode(data: bytes) -> Any:
     """Parse canonical bytes; refuse anything that is not exactly ``encode`` of its value.
 
@@ -111,14 +120,16 @@ def decode(data: bytes) -> Any:
     data = bytes(data)
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         if isinstance(exc, CanonicalError):
             raise
         raise CanonicalError(f"not canonical JSON: {exc}") from exc
     try:
-        again = encode(value)
-    except CanonicalError as exc:
+        # json.loads (with the hooks above) only yields str keys, finite floats, 64-bit ints and
+        # plain types, so the fast encoder suffices; lone surrogates fail the UTF-8 step.
+        again = _ENCODER.encode(value).encode("utf-8")
+    except (CanonicalError, UnicodeEncodeError) as exc:
         raise CanonicalError(f"decoded value cannot be re-encoded canonically: {exc}") from exc
     if again != data:
         raise CanonicalError(

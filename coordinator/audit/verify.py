@@ -35,7 +35,6 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from protocols.canonical import encode
 from protocols.errors import AnonfedError, BadInputError, ChainError, IntegrityError, SignatureError
 from protocols.ledger import CLAIM_DOMAIN, COUNTERSIGN_DOMAIN, GENESIS, LedgerEntry, MechanismKind, entry_hash_of
 from protocols.signing import VerifyKey
@@ -196,7 +195,7 @@ def audit(
         if entry.coordinator_key_id != coord_key.key_id:
             add(SignatureError, f"countersigned with key {entry.coordinator_key_id}, not coordinator.pub ({coord_key.key_id})", 1)
         else:
-            jobs.append(SignatureJob(i, site, COORDINATOR_KEY_NAME, COUNTERSIGN_DOMAIN, encode(entry.unsigned_dict()),
+            jobs.append(SignatureJob(i, site, COORDINATOR_KEY_NAME, COUNTERSIGN_DOMAIN, entry.unsigned_bytes,
                                      entry.coordinator_sig, "coordinator countersignature"))
         site_key = keys.get(site)
         if site_key is None:
