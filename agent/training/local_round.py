@@ -21,6 +21,7 @@ dataset: no DP round on the same dataset can claim a finite epsilon afterwards.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -168,14 +169,16 @@ def mechanism_for(plan: RoundPlan, *, num_patients: int, num_patches: int, hp: H
             "lower expected_batch_patients"
         )
     sample_rate = expected / population
-    sigma = calibrate_noise_multiplier(
-        target_epsilon=float(plan.target_epsilon),  # type: ignore[arg-type]
-        delta=plan.delta,
-        sample_rate=sample_rate,
-        steps=plan.total_planned_steps,
-        kind=ACCOUNTANT_KIND,
-    )
+    sigma = _calibrated_sigma(float(plan.target_epsilon), plan.delta, sample_rate, plan.total_planned_steps)  # type: ignore[arg-type]
     return DPSettings(sigma, plan.max_grad_norm, sample_rate, unit, expected)
+
+
+@functools.lru_cache(maxsize=32)
+def _calibrated_sigma(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    # Pure and deterministic, so caching cannot change a result; it saves seconds per repeated plan.
+    return calibrate_noise_multiplier(
+        target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps, kind=ACCOUNTANT_KIND
+    )
 
 
 def run_local_round(
