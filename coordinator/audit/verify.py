@@ -323,3 +323,14 @@ def _check_artifact(index: _StoreIndex, digest: str) -> str | None:
                 h.update(chunk)
         ok = index.verified[digest] = h.hexdigest() == digest
     return None if ok else f"store file {path.name} does not hash to its name (content altered)"
+
+
+def ledger_rows(ledger_path: Path) -> list[EntryRow]:
+    """The report rows of every parsable entry, without any verification (for unverified reports)."""
+    rows = []
+    for line in scan(Path(ledger_path)).lines:
+        try:
+            rows.append(_row(LedgerEntry.from_line(line)))
+        except BadInputError:
+            continue
+    return rows

@@ -1,0 +1,164 @@
+"""A self-contained HTML audit report: verdict, per-site epsilon plots, releases table.
+
+Everything is inline (CSS in a ``<style>`` block, plots as base64 PNG ``data:`` URIs), so the file
+opens offline, can be mailed to an ethics board, and never fetches anything. All text from the
+ledger is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from coordinator.audit.verify import AuditResult, EntryRow, Severity
+
+MAX_TABLE_ROWS = 2000  # a 100,000-entry ledger would make an unreadable page; the newest rows are shown
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+.verdict{padding:1em;border-radius:6px;font-size:1.3em;font-weight:bold}
+.ok{background:#e3f6e3;border:2px solid #2e7d32}.fail{background:#fdeaea;border:2px solid #c62828}
+.unverified{background:#fff6e0;border:2px solid #b26a00}
+table{border-collapse:collapse;font-size:.85em;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.warn{color:#b26a00}.err{color:#c62828}
+img{max-width:100%}
+"""
+
+
+def _fmt(eps: float) -> str:
+    return "&infin;" if eps == math.inf else f"{eps:.4g}"
+
+
+def _site_plot(site: str, rows: list[EntryRow], budget: float | None) -> str:
+    """Base64 PNG of the site's cumulative epsilon per dataset against the round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2), dpi=90)
+    ax = fig.add_subplot(1, 1, 1)
+    for dataset in sorted({r.dataset for r in rows}):
+        pts = [r for r in rows if r.dataset == dataset and r.mechanism == "dp-sgd"]
+        if pts:
+            ax.step([r.seq for r in pts], [r.cumulative_epsilon for r in pts], where="post", marker="o",
+                    markersize=3, label=f"{dataset} (DP-SGD)")
+    for r in rows:
+        if r.mechanism == "none":
+            ax.axvline(r.seq, color="#c62828", linestyle=":", linewidth=1)
+    if budget is not None:
+        ax.axhline(budget, color="#c62828", linestyle="--", label=f"budget {budget:g}")
+    ax.set_xlabel("ledger entry (in order of rounds)")
+    ax.set_ylabel("cumulative epsilon")
+    ax.set_title(f"{site}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def render_report(
+    result: AuditResult | None,
+    rows: list[EntryRow],
+    *,
+    budgets: Mapping[str, float] | None = None,
+    default_budget: float | None = None,
+    title: str = "anonfed privacy ledger audit",
+) -> str:
+    """The report as one HTML string.
+
+    ``result`` is None when no keys were given (the page then says NOT VERIFIED); ``rows`` are
+    the ledger's entries; ``budgets`` maps site ids to their epsilon budget, ``default_budget``
+    applies to the others.
+    """
+    e = html.escape
+    budgets = dict(budgets or {})
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
+           f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    if result is None:
+        out.append("<div id='verdict' class='verdict unverified'>NOT VERIFIED: no public keys were given</div>")
+    elif result.ok:
+        out.append(f"<div id='verdict' class='verdict ok'>VERIFIED: {result.entries} entries, chain intact, "
+                   "every entry signed by its site and countersigned, epsilon recomputed within tolerance</div>")
+    else:
+        first = result.first_error
+        where = "the ledger" if first.seq is None else f"entry {first.seq}" + (f" (site {first.site})" if first.site else "")
+        out.append(f"<div id='verdict' class='verdict fail'>FAILED: first bad entry is {e(where)}: "
+                   f"{e(first.error.__name__)}: {e(first.message)}</div>")
+    if result is not None and result.findings:
+        out.append("<h2>Findings</h2><ul id='findings'>")
+        for f in result.findings:
+            cls = "err" if f.severity is Severity.ERROR else "warn"
+            out.append(f"<li class='{cls}'>{e(f.describe())}</li>")
+        out.append("</ul>")
+
+    sites = sorted({r.site for r in rows})
+    out.append("<h2>Sites</h2><table id='sites'><tr><th class='l'>site</th><th>entries</th>"
+               "<th class='l'>cumulative epsilon (DP-SGD, per dataset)</th><th>k-anonymous releases</th>"
+               "<th class='l'>released without DP</th><th>budget</th></tr>")
+    for site in sites:
+        srows = [r for r in rows if r.site == site]
+        last: dict[str, float] = {}
+        for r in srows:
+            if r.mechanism == "dp-sgd":
+                last[r.dataset] = r.cumulative_epsilon
+        eps = ", ".join(f"{e(d)}: {_fmt(v)}" for d, v in sorted(last.items())) or "none"
+        nodp = sorted({r.dataset for r in srows if r.mechanism == "none"})
+        budget = budgets.get(site, default_budget)
+        out.append(f"<tr><td class='l site'>{e(site)}</td><td>{len(srows)}</td><td class='l'>{eps}</td>"
+                   f"<td>{sum(r.k is not None for r in srows)}</td>"
+                   f"<td class='l'>{e(', '.join(nodp)) + ' (epsilon = &infin;)' if nodp else 'no'}</td>"
+                   f"<td>{'' if budget is None else f'{budget:g}'}</td></tr>")
+    out.append("</table>")
+
+    for site in sites:
+        srows = [r for r in rows if r.site == site]
+        png = _site_plot(site, srows, budgets.get(site, default_budget))
+        out.append(f"<h3 id='site-{e(site)}'>{e(site)}</h3>"
+                   f"<img alt='cumulative epsilon of {e(site)}' src='data:image/png;base64,{png}'>")
+
+    shown = rows[-MAX_TABLE_ROWS:]
+    out.append(f"<h2>Releases</h2><p>{len(rows)} entries" +
+               (f"; the newest {len(shown)} are listed" if len(shown) < len(rows) else "") + ".</p>")
+    out.append("<table id='releases'><tr><th>entry</th><th class='l'>site</th><th class='l'>run</th><th>round</th>"
+               "<th class='l'>task</th><th class='l'>dataset</th><th class='l'>guarantee</th><th>epsilon</th>"
+               "<th>cumulative</th><th>k (min)</th><th>clusters</th><th>artifacts</th><th class='l'>time</th></tr>")
+    for r in shown:
+        guarantee = {"dp-sgd": "DP-SGD", "none": "NONE (no DP)", "k-anonymity": "k-anonymity",
+                     "post-processing": "post-processing"}.get(r.mechanism, r.mechanism)
+        kcol = "" if r.k is None else f"{r.k} ({r.min_k})"
+        clusters = "" if not r.cluster_sizes else f"{len(r.cluster_sizes)} (min {min(r.cluster_sizes)})"
+        out.append(f"<tr><td>{r.seq}</td><td class='l'>{e(r.site)}</td><td class='l'>{e(r.run_id)}</td><td>{r.round}</td>"
+                   f"<td class='l'>{e(r.task)}</td><td class='l'>{e(r.dataset)}</td><td class='l'>{e(guarantee)}</td>"
+                   f"<td>{_fmt(r.epsilon)}</td><td>{_fmt(r.cumulative_epsilon)}</td><td>{kcol}</td><td>{clusters}</td>"
+                   f"<td>{r.artifacts}</td><td class='l'>{e(r.time)}</td></tr>")
+    out.append("</table><p>Epsilon is recomputed by the auditor with Google's dp-accounting (RDP, and PLD for "
+               "figures below the RDP bound); see coordinator/audit/recompute.py for the tolerance rule.</p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write the report atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
