@@ -20,13 +20,14 @@ import dataclasses
 import enum
 import os
 import stat
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 from agent.config import FolderSource, IngestSettings
 from agent.ingest.quarantine import Reason
 
-HEAD_BYTES = 512
+HEAD_BYTES = 4096
 _DICOM_NAME_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
@@ -172,11 +173,11 @@ def sniff_format(head: bytes, name: str) -> FileFormat:
         return FileFormat.PNG
     if head.startswith(b"\xff\xd8\xff"):
         return FileFormat.JPEG
-    if head.startswith(b"\x1f\x8b") and lower.endswith(".nii.gz"):
-        return FileFormat.NIFTI
-    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
-        return FileFormat.NIFTI
-    if len(head) >= 8 and head[4:8] == b"n+2\x00":
+    if head.startswith(b"\x1f\x8b"):
+        inner = _gunzip_head(head)
+        if lower.endswith(".nii.gz") or _is_nifti_header(inner):
+            return FileFormat.NIFTI
+    if _is_nifti_header(head):
         return FileFormat.NIFTI
     if lower.endswith(".csv"):
         return FileFormat.CSV
@@ -188,6 +189,17 @@ def sniff_format(head: bytes, name: str) -> FileFormat:
 def unknown_reason(name: str) -> Reason:
     """Reason code for a file whose format was not recognised."""
     return Reason.NOT_DICOM if name.lower().endswith(_DICOM_NAME_SUFFIXES) else Reason.UNKNOWN_FORMAT
+
+
+def _is_nifti_header(head: bytes) -> bool:
+    return (len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00")) or (len(head) >= 8 and head[4:8] == b"n+2\x00")
+
+
+def _gunzip_head(head: bytes) -> bytes:
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 1024)
+    except zlib.error:
+        return b""
 
 
 def _looks_like_raw_dicom(head: bytes) -> bool:
