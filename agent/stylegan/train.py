@@ -26,11 +26,14 @@ from agent.stylegan.augment import AdaptiveAugment, augment
 from agent.stylegan.checkpoint import RELEASE_POLICY_KEY, load_checkpoint, save_checkpoint
 from agent.stylegan.config import StyleGANConfig, TrainingConfig, TrainingMode, release_policy_for
 from agent.stylegan.discriminator import Discriminator
-from agent.stylegan.dp_step import DPSettings, dp_discriminator_grads, poisson_patient_batch
+from agent.dp.sampling import UnitBatch, UnitSampler
+from agent.stylegan.dp_step import (DPSettings, make_private_optimizer, make_sampler, private_step,
+                                    unit_discriminator_grads)
 from agent.stylegan.ema import ema_beta, update_ema
 from agent.stylegan.generator import Generator
 from agent.stylegan.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
 from protocols.errors import BadInputError, ConfigError
+from protocols.tasks import PrivacyUnit
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,16 @@ class StyleGANTrainer:
                                    speed_images=train.augment_speed_images, adaptive=mode is TrainingMode.LOCAL)
         self.rng = torch.Generator(device="cpu").manual_seed(seed + 1)  # CPU: same stream on any device
         self.step_count = 0
+        self._dp_opt: torch.optim.Optimizer | None = None  # d_opt wrapped by the mechanism (federated-dp)
+        self._dp_population = 0
 
     # -- one training step --------------------------------------------------------------------
-    def step(self, real: torch.Tensor, patient_of_sample: torch.Tensor | None = None, *,
-             n_patients: int | None = None) -> dict[str, float]:
-        """Train D once and G once on ``real`` (B, C, R, R) in [-1, 1]; return metrics."""
+    def step(self, real: torch.Tensor, batch: UnitBatch | None = None, *, population: int | None = None) -> dict[str, float]:
+        """Train D once and G once on ``real`` (B, C, R, R) in [-1, 1]; return metrics.
+
+        Under ``federated-dp``, ``batch`` says which unit each image belongs to (from a Poisson
+        draw) and ``population`` is the number of units the sample rate refers to.
+        """
         expected = (self.arch.image_channels, self.arch.resolution, self.arch.resolution)
         if real.ndim != 4 or tuple(real.shape[1:]) != expected:
             raise BadInputError(f"stylegan step: expected real images (B, {', '.join(map(str, expected))}), "
@@ -77,9 +85,9 @@ class StyleGANTrainer:
         if self.mode is TrainingMode.LOCAL:
             metrics = self._d_step_local(real)
         else:
-            if patient_of_sample is None or n_patients is None:
-                raise BadInputError("federated-dp step needs the patient of every image and the patient count")
-            metrics = self._d_step_dp(real, patient_of_sample, n_patients)
+            if batch is None or population is None:
+                raise BadInputError("a federated-dp step needs the Poisson unit batch and the population size")
+            metrics = self._d_step_dp(real, batch, population)
         metrics.update(self._g_step(batch=max(real.shape[0], 1)))
         update_ema(self.G_ema, self.G, beta=ema_beta(batch_size=max(real.shape[0], 1),
                                                      half_life_images=self.train.ema_half_life_images))
@@ -118,18 +126,19 @@ class StyleGANTrainer:
         self.d_opt.step()
         return metrics
 
-    def _d_step_dp(self, real: torch.Tensor, patient_of_sample: torch.Tensor, n_patients: int) -> dict[str, float]:
+    def _d_step_dp(self, real: torch.Tensor, batch: UnitBatch, population: int) -> dict[str, float]:
         assert self.dp is not None
-        fake = self._fakes(real.shape[0], grad=False) if real.shape[0] else real
-        grads, loss = dp_discriminator_grads(
-            self.D, self._augment(real) if real.shape[0] else real, self._augment(fake) if real.shape[0] else fake,
-            patient_of_sample, self.dp, r1_gamma=self.train.r1_gamma, n_patients=n_patients, generator=self.rng,
-        )
-        self.d_opt.zero_grad(set_to_none=True)
-        for name, p in self.D.named_parameters():
-            p.grad = grads[name].to(device=p.device, dtype=p.dtype)
-        self.d_opt.step()
-        return {"d_loss": loss, "dp_batch": float(real.shape[0])}
+        if self._dp_opt is None or population != self._dp_population:
+            self._dp_opt = make_private_optimizer(self.d_opt, self.dp, population=population)
+            self._dp_population = population
+        if real.shape[0]:
+            fake = self._fakes(real.shape[0], grad=False)
+            real, fake = self._augment(real), self._augment(fake)
+        else:
+            fake = real
+        grads, loss = unit_discriminator_grads(self.D, real, fake, batch, r1_gamma=self.train.r1_gamma)
+        private_step(self._dp_opt, self.D, grads)  # clip per unit, sum, add noise, average, Adam step
+        return {"d_loss": loss, "dp_units": float(batch.num_units)}
 
     def _g_step(self, *, batch: int) -> dict[str, float]:
         self.D.requires_grad_(False)  # G's step must not leave gradients on D
@@ -151,28 +160,32 @@ class StyleGANTrainer:
         return x.contiguous(memory_format=torch.channels_last) if self._cuda and self.train.channels_last else x
 
     # -- batches ------------------------------------------------------------------------------
-    def batches(self, images: torch.Tensor, patient_index: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, images: torch.Tensor, patient_index: torch.Tensor) -> Iterator[tuple[torch.Tensor, UnitBatch]]:
         """Endless batches: uniform images (local) or Poisson-sampled patients (federated-dp)."""
+        sampler: UnitSampler | None = make_sampler(patient_index, self.dp) if self.dp is not None else None
         while True:
-            if self.mode is TrainingMode.LOCAL:
+            if sampler is None:
                 idx = torch.randint(images.shape[0], (self.train.batch_size,), generator=self.rng)
+                yield images[idx], UnitBatch(idx, patient_index[idx], int(patient_index.max()) + 1)
             else:
-                assert self.dp is not None
-                idx = poisson_patient_batch(patient_index, sample_rate=self.dp.sample_rate,
-                                            max_images_per_patient=self.dp.max_images_per_patient, generator=self.rng)
-            yield images[idx], patient_index[idx]
+                batch = sampler.draw()
+                yield images[batch.sample_index], batch
 
     def fit(self, images: torch.Tensor, patient_index: torch.Tensor, *, steps: int,
             checkpoint_path: Path | None = None, checkpoint_every: int = 0,
             progress: Progress | None = None) -> dict[str, float]:
         """Train until ``step_count == steps`` (so a resumed trainer continues where it stopped)."""
-        n_patients = int(patient_index.max()) + 1
+        if patient_index.shape != (images.shape[0],):
+            raise BadInputError(f"patient_index: expected one entry per image ({images.shape[0]}), "
+                                f"got shape {tuple(patient_index.shape)}")
+        population = (int(patient_index.max()) + 1 if self.dp is None or self.dp.unit is PrivacyUnit.PATIENT
+                      else images.shape[0])
         metrics: dict[str, float] = {}
         source = self.batches(images, patient_index)
         while self.step_count < steps:
             t0 = time.perf_counter()
-            real, pids = next(source)
-            metrics = self.step(real, pids, n_patients=n_patients)
+            real, batch = next(source)
+            metrics = self.step(real, batch, population=population)
             metrics["seconds"] = time.perf_counter() - t0
             if progress is not None:
                 progress(self.step_count, metrics)
@@ -188,7 +201,7 @@ class StyleGANTrainer:
         """Everything needed to resume, as tensors and plain values."""
         return {
             "metadata": {"training_mode": self.mode.value, RELEASE_POLICY_KEY: release_policy_for(self.mode).value,
-                         "step": self.step_count, "dp": dataclasses.asdict(self.dp) if self.dp else None},
+                         "step": self.step_count, "dp": _plain(dataclasses.asdict(self.dp)) if self.dp else None},
             "arch": self.arch.to_dict(),
             "train": dataclasses.asdict(self.train),
             "state": {"generator": self.G.state_dict(), "generator_ema": self.G_ema.state_dict(),
@@ -226,6 +239,11 @@ class StyleGANTrainer:
         self.ada.load_state_dict(s["augment"])
         self.rng.set_state(s["rng"])
         self.step_count = int(payload["metadata"]["step"])
+
+
+def _plain(d: dict[str, object]) -> dict[str, object]:
+    # Enums are not plain data for weights_only loading: store their values.
+    return {k: v.value if isinstance(v, PrivacyUnit) else v for k, v in d.items()}
 
 
 def _normalise(d: object) -> object:

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from agent.stylegan.discriminator import Discriminator
-from agent.stylegan.dp_step import DPSettings, clip_and_noise_per_patient, dp_discriminator_grads, poisson_patient_batch
+from agent.dp.sampling import UnitBatch
+from agent.stylegan.dp_step import DPSettings, unit_discriminator_grads
 from agent.stylegan.per_sample import per_sample_discriminator_grads
 from protocols.errors import ConfigError
 
@@ -56,56 +57,31 @@ def test_per_sample_refuses_minibatch_stddev(tiny_arch):
         per_sample_discriminator_grads(D, x, x, r1_gamma=1.0)
 
 
-def test_clipping_is_per_patient_not_per_image():
-    # Patient 0 has two images whose gradients cancel; per-image clipping would not cancel them.
-    grads = {"w": torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 4.0]])}
-    out = clip_and_noise_per_patient(grads, torch.tensor([5, 5, 9]), max_grad_norm=1.0, noise_multiplier=0.0,
-                                     expected_patients=1.0, generator=torch.Generator())
-    torch.testing.assert_close(out["w"], torch.tensor([0.0, 1.0]))
+def test_unit_grads_sum_a_patients_samples(tiny_arch):
+    D = Discriminator(tiny_arch).double()
+    g = torch.Generator().manual_seed(2)
+    real = torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64)
+    fake = torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64)
+    batch = UnitBatch(torch.arange(3), torch.tensor([0, 1, 0]), 2)
+    per_unit, _ = unit_discriminator_grads(D, real, fake, batch, r1_gamma=1.0)
+    per_sample, _ = per_sample_discriminator_grads(D, real, fake, r1_gamma=1.0)
+    for name, value in per_unit.items():
+        assert value.shape[0] == 2
+        torch.testing.assert_close(value[0], per_sample[name][0] + per_sample[name][2])
+        torch.testing.assert_close(value[1], per_sample[name][1])
 
 
-def test_each_patient_contributes_at_most_the_clip_norm():
-    g = torch.Generator().manual_seed(0)
-    grads = {"a": torch.randn(6, 3, generator=g) * 50, "b": torch.randn(6, 2, 2, generator=g) * 50}
-    patients = torch.tensor([0, 0, 1, 2, 2, 2])
-    for pid in range(3):
-        keep = patients == pid
-        single = {k: v[keep] for k, v in grads.items()}
-        out = clip_and_noise_per_patient(single, patients[keep], max_grad_norm=0.7, noise_multiplier=0.0,
-                                         expected_patients=1.0, generator=g)
-        norm = torch.sqrt(sum(v.square().sum() for v in out.values()))
-        assert norm <= 0.7 + 1e-5
-
-
-def test_noise_has_the_calibrated_scale():
-    zero = {"w": torch.zeros(0, 20000)}
-    out = clip_and_noise_per_patient(zero, torch.zeros(0, dtype=torch.long), max_grad_norm=2.0,
-                                     noise_multiplier=1.5, expected_patients=4.0,
-                                     generator=torch.Generator().manual_seed(0))
-    assert out["w"].std().item() == pytest.approx(1.5 * 2.0 / 4.0, rel=0.03)
-
-
-def test_poisson_batch_takes_whole_patients_up_to_cap():
-    patients = torch.tensor([0, 0, 0, 1, 2, 2, 3])
-    idx = poisson_patient_batch(patients, sample_rate=0.5, max_images_per_patient=2,
-                                generator=torch.Generator().manual_seed(3))
-    drawn = patients[idx]
-    for pid in drawn.unique().tolist():
-        assert (drawn == pid).sum() == min(2, int((patients == pid).sum()))
-    everyone = poisson_patient_batch(patients, sample_rate=1.0, max_images_per_patient=10, generator=torch.Generator())
-    assert sorted(everyone.tolist()) == list(range(7))
-
-
-def test_dp_step_on_empty_draw_is_pure_noise(tiny_arch):
+def test_empty_poisson_draw_gives_zero_row_grads(tiny_arch):
     D = Discriminator(tiny_arch)
-    settings = DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1)
     empty = torch.zeros(0, 3, 16, 16)
-    grads, _ = dp_discriminator_grads(D, empty, empty, torch.zeros(0, dtype=torch.long), settings, r1_gamma=1.0,
-                                      n_patients=10, generator=torch.Generator().manual_seed(0))
+    none = torch.zeros(0, dtype=torch.long)
+    grads, loss = unit_discriminator_grads(D, empty, empty, UnitBatch(none, none, 0), r1_gamma=1.0)
     assert set(grads) == {n for n, _ in D.named_parameters()}
-    assert all(v.abs().sum() > 0 for v in grads.values())
+    assert all(v.shape[0] == 0 for v in grads.values())
 
 
 def test_dp_settings_are_validated():
     with pytest.raises(ConfigError, match="sample_rate"):
         DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.0)
+    with pytest.raises(ConfigError, match="images_per_patient"):
+        DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, images_per_patient=0)

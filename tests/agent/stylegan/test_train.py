@@ -10,7 +10,7 @@ from agent.stylegan.dp_step import DPSettings
 from agent.stylegan.train import StyleGANTrainer
 from protocols.errors import BadInputError, ConfigError, EgressBlockedError
 
-DP = DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, max_images_per_patient=2)
+DP = DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, images_per_patient=2)
 
 
 def _trainer(arch, train, mode, seed=0):
@@ -22,15 +22,14 @@ def _all_state(trainer):
     return {f"{part}.{k}": v for part in ("generator", "generator_ema", "discriminator") for k, v in s[part].items()}
 
 
-@pytest.mark.parametrize("mode", [TrainingMode.LOCAL, TrainingMode.FEDERATED_DP])
-def test_resume_is_bit_exact(tiny_arch, tiny_train, real_images, tmp_path, mode):
+def test_local_resume_is_bit_exact(tiny_arch, tiny_train, real_images, tmp_path):
     images, patients = real_images
-    straight = _trainer(tiny_arch, tiny_train, mode)
+    straight = _trainer(tiny_arch, tiny_train, TrainingMode.LOCAL)
     straight.fit(images, patients, steps=4)
 
-    first = _trainer(tiny_arch, tiny_train, mode)
+    first = _trainer(tiny_arch, tiny_train, TrainingMode.LOCAL)
     first.fit(images, patients, steps=2, checkpoint_path=tmp_path / "ckpt.pt")
-    resumed = _trainer(tiny_arch, tiny_train, mode, seed=99)  # different init: everything must come from disk
+    resumed = _trainer(tiny_arch, tiny_train, TrainingMode.LOCAL, seed=99)  # everything must come from disk
     resumed.load(tmp_path / "ckpt.pt")
     assert resumed.step_count == 2
     seen = []
@@ -42,6 +41,29 @@ def test_resume_is_bit_exact(tiny_arch, tiny_train, real_images, tmp_path, mode)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert straight.ada.p == resumed.ada.p
+
+
+def test_dp_resume_restores_state_and_continues(tiny_arch, tiny_train, real_images, tmp_path):
+    images, patients = real_images
+    first = _trainer(tiny_arch, tiny_train, TrainingMode.FEDERATED_DP)
+    first.fit(images, patients, steps=2, checkpoint_path=tmp_path / "dp.pt")
+    resumed = _trainer(tiny_arch, tiny_train, TrainingMode.FEDERATED_DP, seed=5)
+    resumed.load(tmp_path / "dp.pt")
+    for k, v in _all_state(first).items():
+        assert torch.equal(v, _all_state(resumed)[k]), k
+    metrics = resumed.fit(images, patients, steps=3)
+    assert resumed.step_count == 3 and "dp_units" in metrics
+    assert load_checkpoint(tmp_path / "dp.pt")["metadata"]["dp"]["unit"] == "patient"
+
+
+def test_dp_noise_and_sampling_do_not_follow_the_seed(tiny_arch, tiny_train, real_images):
+    images, patients = real_images
+    a = _trainer(tiny_arch, tiny_train, TrainingMode.FEDERATED_DP, seed=3)
+    b = _trainer(tiny_arch, tiny_train, TrainingMode.FEDERATED_DP, seed=3)
+    assert torch.equal(a.D.out.weight, b.D.out.weight)  # same seed: same initial weights
+    a.fit(images, patients, steps=1)
+    b.fit(images, patients, steps=1)
+    assert not torch.equal(a.D.out.weight, b.D.out.weight)  # secret noise differs
 
 
 def test_local_training_moves_weights_and_adapts_augmentation(tiny_arch, tiny_train, real_images):
@@ -61,7 +83,7 @@ def test_dp_mode_keeps_augmentation_fixed(tiny_arch, tiny_train, real_images):
     trainer = _trainer(tiny_arch, tiny_train, TrainingMode.FEDERATED_DP)
     metrics = trainer.fit(images, patients, steps=2)
     assert trainer.ada.p == tiny_train.augment_p
-    assert "dp_batch" in metrics
+    assert "dp_units" in metrics
 
 
 def test_dp_mode_requires_settings_and_no_mbstd(tiny_arch, tiny_train):
