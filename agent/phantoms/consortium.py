@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from agent.phantoms.atomic_files import write_text_atomic
 from agent.phantoms.seeding import site_id_for
-from agent.phantoms.site_writer import SiteSummary, Timings, planned_items, write_site
+from agent.phantoms.site_plan import planned_items
+from agent.phantoms.site_writer import SiteSummary, Timings, write_site
 from protocols.errors import BadInputError
 
 log = logging.getLogger(__name__)
