@@ -46,6 +46,7 @@ PLD_ABS_TOL = 0.02
 PLD_DISCRETIZATION = 1e-4
 
 Segment = tuple[float, float, int]  # (sample_rate, noise_multiplier, steps)
+_UNIT_RDP: dict[tuple[float, float], np.ndarray] = {}  # per-step RDP vector of one (q, sigma)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +72,7 @@ class EpsilonRecomputer:
     def __init__(self) -> None:
         import dp_accounting  # noqa: F401  (fail early and clearly if missing)
 
-        self._orders = np.array(ORDERS)
-        self._unit: dict[tuple[float, float], np.ndarray] = {}
+        self._unit = _UNIT_RDP  # pure function of (q, sigma): shared by every instance
         self._children: dict[tuple[int, Segment], int] = {}
         self._parent: list[tuple[int, Segment | None]] = [(0, None)]
         self._rdp: list[np.ndarray] = [np.zeros(len(ORDERS))]
