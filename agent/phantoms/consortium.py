@@ -12,7 +12,8 @@ Layout under ``OUT``::
     OUT/state/<site_id>/                 (created later by the agent: the configs' state_dir)
 
 Same spec, same bytes of pixel data. A non-empty ``OUT`` is refused unless it holds a previous
-phantom output of the same spec, which is then reused as is (its files are checked by size).
+phantom output of the same spec: a complete one is reused as is (its files are checked by size), an
+interrupted one (manifest still marked incomplete) is generated again over itself.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class ConsortiumSpec:
             "seed": (0, 2**63 - 1),
             "tof_patients": (1, 10_000),
             "fundus_patients": (1, 10_000),
-            "volume_size": (16, 512),
+            "volume_size": (16, 256),
             "fundus_size": (64, 2048),
         }
         for name, (low, high) in limits.items():
@@ -148,6 +149,9 @@ def write_consortium(out: Path, spec: ConsortiumSpec, *, progress: bool | None =
         log.info("phantom output of the same spec already present; reusing it")
         return previous
     out.mkdir(parents=True, exist_ok=True)
+    # Claim the folder first: an interrupted run leaves an incomplete manifest of this spec, which
+    # lets the next run with the same spec overwrite it and makes any other spec refuse it.
+    _write_manifest(out, spec, sites=(), complete=False)
     timings = Timings()
     total = spec.sites * planned_items(spec.tof_patients, spec.fundus_patients)
     sites = []
@@ -165,7 +169,7 @@ def write_consortium(out: Path, spec: ConsortiumSpec, *, progress: bool | None =
         tof_seconds_per_volume=timings.tof_seconds / max(1, timings.tof_volumes),
         fundus_seconds_per_image=timings.fundus_seconds / max(1, timings.fundus_images),
     )
-    _write_manifest(out, summary)  # last: its presence marks a complete output
+    _write_manifest(out, spec, sites=summary.sites, complete=True)  # last: marks a complete output
     return summary
 
 
@@ -189,22 +193,24 @@ def _write_site_config(out: Path, site_id: str) -> None:
     write_text_atomic(out / "configs" / f"{site_id}.yaml", text)
 
 
-def _write_manifest(out: Path, summary: ConsortiumSummary) -> None:
-    files = sorted(
-        p for site in summary.site_ids for p in (out / site).rglob("*") if p.is_file()
-    ) + [out / "configs" / f"{site}.yaml" for site in summary.site_ids]
+def _write_manifest(out: Path, spec: ConsortiumSpec, *, sites: tuple[SiteSummary, ...], complete: bool) -> None:
+    site_ids = [s.site_id for s in sites]
+    files = sorted(p for site in site_ids for p in (out / site).rglob("*") if p.is_file())
+    files += [out / "configs" / f"{site}.yaml" for site in site_ids]
     manifest = {
         "generator": "anonfed-phantoms",
         "version": GENERATOR_VERSION,
-        "spec": dataclasses.asdict(summary.spec),
-        "sites": [s.to_json() for s in summary.sites],
+        "complete": complete,
+        "spec": dataclasses.asdict(spec),
+        "sites": [s.to_json() for s in sites],
         "files": {p.relative_to(out).as_posix(): p.stat().st_size for p in files},
     }
     write_text_atomic(out / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _previous_output(out: Path, spec: ConsortiumSpec) -> ConsortiumSummary | None:
-    """The summary of a complete previous output of ``spec`` in ``out``, None if ``out`` is empty.
+    """The summary of a complete previous output of ``spec`` in ``out``; None if there is nothing
+    to reuse (``out`` missing or empty, or an interrupted run of the same spec).
 
     Raises
     ------
@@ -227,6 +233,7 @@ def _previous_output(out: Path, spec: ConsortiumSpec) -> ConsortiumSummary | Non
         version = manifest["version"]
         sites = tuple(SiteSummary.from_json(s) for s in manifest["sites"])
         files = dict(manifest["files"])
+        complete = bool(manifest["complete"])
     except (OSError, ValueError, KeyError, TypeError, BadInputError) as exc:
         raise BadInputError(f"{manifest_path} is unreadable ({exc}); delete the folder or use another --out") from exc
     if previous_spec != spec or version != GENERATOR_VERSION:
@@ -234,6 +241,9 @@ def _previous_output(out: Path, spec: ConsortiumSpec) -> ConsortiumSummary | Non
             f"{out} holds phantoms of a different spec ({previous_spec}, generator v{version}); expected "
             f"{spec} (generator v{GENERATOR_VERSION}). Use another --out or delete the folder first"
         )
+    if not complete:
+        log.warning("previous phantom run of the same spec was interrupted; generating it again")
+        return None
     damaged = [rel for rel, size in files.items() if not (out / rel).is_file() or (out / rel).stat().st_size != size]
     if damaged:
         raise BadInputError(

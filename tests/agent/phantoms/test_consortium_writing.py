@@ -90,3 +90,22 @@ def test_cli_writes_and_describes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (tmp_path / "cli" / "configs" / "hospital-b.yaml").is_file()
     shutil.rmtree(tmp_path / "cli" / "hospital-b")
     assert anonfed_main(args) == BadInputError.exit_code
+
+
+def test_interrupted_run_is_regenerated_by_the_same_spec_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.phantoms.consortium as consortium
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(consortium, "write_site", crash)
+        with pytest.raises(KeyboardInterrupt):
+            write_consortium(out, TINY, progress=False)
+    assert (out / MANIFEST_NAME).is_file()
+    with pytest.raises(BadInputError, match="different spec"):
+        write_consortium(out, dataclasses.replace(TINY, seed=9))
+    summary = write_consortium(out, TINY, progress=False)
+    assert not summary.reused and summary.config_path("hospital-a").is_file()
+    assert write_consortium(out, TINY, progress=False).reused
