@@ -66,7 +66,10 @@ def load_arrays(module: nn.Module, weights: dict[str, np.ndarray], prefix: str) 
     for k, ref in own.items():
         arr = np.asarray(given[k])
         if tuple(arr.shape) != tuple(ref.shape):
-            raise BadInputError(f"weight {prefix}{k}: expected shape {tuple(ref.shape)}, got {tuple(arr.shape)}")
+            raise BadInputError(
+                f"weight {prefix}{k}: expected shape {tuple(ref.shape)}, got {tuple(arr.shape)}; check that "
+                "architecture and patch_size match the ones the weights were made with"
+            )
         if not np.all(np.isfinite(arr)):
             raise BadInputError(f"weight {prefix}{k} contains NaN or infinity; refusing to load it")
         tensors[k] = torch.as_tensor(arr, dtype=ref.dtype)
