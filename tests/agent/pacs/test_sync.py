@@ -225,3 +225,27 @@ def test_unreachable_server_is_a_transport_error(tmp_path: Path, unused_port: in
     cfg = site_config(tmp_path, src)
     with pytest.raises(TransportError, match="cannot reach DICOMweb server"):
         sync_source(cfg, cfg.sources[0])
+
+
+def test_synced_instances_reach_the_catalog_through_normal_ingest(
+    tmp_path: Path, loaded_orthanc: Any, pacs_input_files: list[Path], pacs_password: str
+) -> None:
+    from agent.ingest.catalog import Catalog
+
+    cfg = site_config(tmp_path, dicomweb_source(loaded_orthanc))
+    reports = sync_and_ingest(cfg)
+    assert reports[0].ingest_summary and "ingest:" in reports[0].ingest_summary
+    with Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
+        counts = catalog.counts()
+        quarantined = catalog.quarantined()
+    # Every staged file is catalogued, or quarantined with a reason (an example SEG has no source).
+    assert sum(counts["files"].values()) >= len(input_sop_uids(pacs_input_files)) - len(quarantined)
+    assert len(quarantined) <= 2
+    segs = len(input_sop_uids(pacs_input_files, lambda ds: ds.Modality == "SEG"))
+    # Every SEG but the orphan example pairs with its synced MR series into a labelled volume.
+    assert f"{segs - len(quarantined)} labeled volumes" in reports[0].ingest_summary
+    # A second sync-and-ingest changes nothing in the catalog.
+    again = sync_and_ingest(cfg)
+    assert again[0].retrieved == 0
+    with Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
+        assert catalog.counts() == counts
