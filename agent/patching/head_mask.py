@@ -7,6 +7,8 @@ patches are centred inside this mask, as in the seed papers (half vessel-centred
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
@@ -33,8 +35,24 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     mask = labels == int(np.argmax(sizes))
-    mask = ndimage.binary_fill_holes(mask)
+    mask = _fill_holes(mask, ndimage.generate_binary_structure(mask.ndim, 1), border_axes=range(mask.ndim))
     if mask.ndim == 3:
-        for z in range(mask.shape[0]):
-            mask[z] = ndimage.binary_fill_holes(mask[z])
+        # Slice by slice: a structure that connects only within a z plane.
+        in_plane = np.zeros((3, 3, 3), dtype=bool)
+        in_plane[1] = ndimage.generate_binary_structure(2, 1)
+        mask = _fill_holes(mask, in_plane, border_axes=(1, 2))
     return mask
+
+
+def _fill_holes(mask: np.ndarray, structure: np.ndarray, *, border_axes: Iterable[int]) -> np.ndarray:
+    """Add background components that touch no border along ``border_axes`` (one labelling pass;
+    much faster than ``binary_fill_holes`` on many slices)."""
+    background, count = ndimage.label(~mask, structure=structure)
+    if count == 0:
+        return mask
+    outside = np.zeros(count + 1, dtype=bool)
+    for axis in border_axes:
+        for index in (0, -1):
+            outside[np.take(background, index, axis=axis)] = True
+    outside[0] = True  # label 0 is the mask itself
+    return mask | ~outside[background]

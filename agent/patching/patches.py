@@ -190,7 +190,9 @@ def extract_patches(
             f"extract_patches: expected size >= 2, per_volume >= 1 and 0 <= vessel_fraction <= 1, "
             f"got size={size}, per_volume={per_volume}, vessel_fraction={vessel_fraction}"
         )
-    patches, keys, centres, vessel_flags = [], [], [], []
+    # One preallocated output: patches are copied once, straight from the padded slices.
+    images = np.empty((len(volumes) * per_volume, 2, size, size), dtype=np.float32)
+    keys, centres, vessel_flags = [], [], []
     for number, volume in enumerate(volumes):
         image = scale_to_unit_range(volume.image)
         label = np.where(volume.label > 0, np.float32(1.0), np.float32(-1.0))
@@ -207,14 +209,14 @@ def extract_patches(
             _pick(head_voxels, per_volume - n_vessel, rng),
         ]
         volume_centres = np.concatenate(chosen).astype(np.int64)
-        patches.append(_cut(np.stack([image, label], axis=1), volume_centres, size))
+        _cut(np.stack([image, label], axis=1), volume_centres, size, out=images[number * per_volume : (number + 1) * per_volume])
         centres.append(volume_centres)
         vessel_flags.append(np.arange(per_volume) < n_vessel)
         keys.extend([volume.patient_key] * per_volume)
     key_array = np.asarray(keys, dtype=str)
     patients = tuple(sorted(set(keys)))
     return PatchSet(
-        images=np.concatenate(patches).astype(np.float32),
+        images=images,
         patient_keys=key_array,
         patient_index=np.searchsorted(np.asarray(patients, dtype=str), key_array).astype(np.int64),
         patients=patients,
@@ -239,13 +241,13 @@ def _pick(voxels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarra
     return voxels[rows]
 
 
-def _cut(stacked: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
-    """Patches (N, 2, S, S) from a (Z, 2, Y, X) stack, padded with -1 at the borders."""
+def _cut(stacked: np.ndarray, centres: np.ndarray, size: int, *, out: np.ndarray) -> None:
+    """Fill ``out`` (N, 2, S, S) with patches of a (Z, 2, Y, X) stack, padded with -1 at the borders."""
     before, after = size // 2, size - size // 2
     padded = np.pad(stacked, ((0, 0), (0, 0), (before, after), (before, after)), constant_values=-1.0)
     # In padded coordinates the patch of centre (y, x) starts at (y, x): the offset cancels.
-    return np.stack([padded[z, :, y : y + size, x : x + size] for z, y, x in centres]) if len(centres) else \
-        np.empty((0, 2, size, size), dtype=np.float32)
+    for n, (z, y, x) in enumerate(centres):
+        out[n] = padded[z, :, y : y + size, x : x + size]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
