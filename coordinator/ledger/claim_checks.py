@@ -12,7 +12,8 @@ dataset the DP-SGD history, its ``delta`` and the current cumulative epsilon. A 
   (:class:`AccountingError`); k-anonymity releases also need ``k >= min_k`` and every cluster to
   hold at least ``k`` distinct patients (:class:`KAnonymityError`);
 - ``none`` (no DP) releases are recorded with infinite epsilon and mark the dataset as released
-  without a guarantee; they do not enter the DP composition.
+  without a guarantee; they do not enter the DP composition, and any later DP-SGD claim on that
+  dataset is refused (its finite epsilon would mislead).
 
 :meth:`SiteTracker.check` never mutates; :meth:`SiteTracker.accept` applies a checked claim.
 """
@@ -117,6 +118,11 @@ class SiteTracker:
         return Planned(ds.history, None)
 
     def _check_dp(self, claim: SiteClaim, mech: DpSgdMechanism, ds: DatasetState, who: str) -> Planned:
+        if ds.released_without_dp:
+            raise AccountingError(
+                f"{who}: dataset {claim.dataset} was already released WITHOUT differential privacy "
+                "(epsilon = infinity); a finite cumulative epsilon for it would mislead"
+            )
         if ds.delta is not None and mech.delta != ds.delta:
             raise AccountingError(
                 f"{who}: delta {mech.delta!r} differs from {ds.delta!r} used earlier for dataset {claim.dataset}; "
