@@ -73,11 +73,18 @@ def site_prefix(site_id: str) -> str:
 def fake_patient_ids(seed: int, site_index: int, site_id: str, count: int, *, kind: Stream) -> list[str]:
     """``count`` distinct, realistic but FAKE patient IDs for one site (e.g. ``HA-004711``).
 
-    TOF and fundus patients are drawn from disjoint number ranges so they never collide.
+    TOF and fundus patients are drawn from disjoint number ranges so they never collide. Drawn one
+    after another (redrawing repeats), so asking for more patients keeps the first IDs unchanged.
     """
     rng = rng_for(seed, Stream.IDENTITY, int(kind), site_index)
     low = 100_000 if kind is Stream.TOF else 500_000
-    numbers = rng.choice(400_000, size=count, replace=False) + low
+    numbers: list[int] = []
+    taken: set[int] = set()
+    while len(numbers) < count:
+        n = int(rng.integers(low, low + 400_000))
+        if n not in taken:
+            taken.add(n)
+            numbers.append(n)
     return [f"{site_prefix(site_id)}-{n:06d}" for n in numbers]
 
 
