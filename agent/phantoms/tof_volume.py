@@ -4,8 +4,10 @@ Contrast follows what a time-of-flight angiogram shows: inflowing blood is brigh
 downstream as spins saturate), static brain tissue is suppressed and mid-grey, the skull is dark,
 subcutaneous fat is fairly bright, air is dark. The label is exact: a voxel is vessel when its
 centre lies inside the vessel radius; the image sees the vessel with partial volume at the edges.
-A smooth multiplicative bias field and Rician noise (magnitude of complex Gaussian noise) finish the
-image, with per-site scanner settings (:class:`ScannerProfile`) so sites are not identical.
+Multi-slab acquisition makes inflow signal fade from the bottom to the top of each slab (the
+"venetian blind" pattern). A smooth multiplicative bias field and Rician noise (magnitude of complex
+Gaussian noise) finish the image, with per-site scanner settings (:class:`ScannerProfile`) so sites
+are not identical.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class ScannerProfile:
     intensity_scale: float
     noise_sigma: float
     bias_strength: float
+    slab_mm: float  # thickness of one acquisition slab
+    slab_saturation: float  # fraction of inflow signal lost from the bottom to the top of a slab
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> "ScannerProfile":
@@ -63,6 +67,8 @@ class ScannerProfile:
             intensity_scale=float(rng.uniform(900.0, 1600.0)),
             noise_sigma=float(rng.uniform(0.02, 0.04)),
             bias_strength=float(rng.uniform(0.08, 0.2)),
+            slab_mm=float(rng.uniform(14.0, 22.0)),
+            slab_saturation=float(rng.uniform(0.05, 0.15)),
         )
 
 
@@ -113,7 +119,8 @@ def render_tof_study(patient: TofPatient, geometry: TofGeometry, profile: Scanne
     coords = _grid_mm(geometry)
     r = np.sqrt(sum(((c - patient.head.centre[k]) / patient.head.semi_axes[k]) ** 2 for k, c in enumerate(coords)))
     tissue = _tissue(r, rng, geometry)
-    vessel_signal = np.where(vessel_fraction > 0, signal, 0.0)
+    slab_position = np.mod(coords[0], profile.slab_mm) / profile.slab_mm  # 0 at a slab's entry, 1 at its exit
+    vessel_signal = np.where(vessel_fraction > 0, signal, 0.0) * (1.0 - profile.slab_saturation * slab_position)
     image = tissue * (1.0 - vessel_fraction) + vessel_signal * vessel_fraction
     image = image * _bias_field(coords, geometry.fov_mm, profile.bias_strength, rng)
     n1 = rng.normal(0.0, profile.noise_sigma, size=image.shape)
