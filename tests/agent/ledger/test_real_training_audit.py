@@ -82,8 +82,11 @@ def test_opacus_epsilon_agrees_with_recomputation(tmp_path, accountant) -> None:
     for sigma, q, steps, eps in per_round:
         history = rec.extend(history, sample_rate=q, noise_multiplier=sigma, steps=steps)
         check = rec.check(eps, history, DELTA)
-        # PRV is tighter than RDP, so its figures must have been accepted by the PLD rule.
-        assert check.ok and check.rule == ("within PLD tolerance" if accountant == "prv" else "matches RDP")
+        assert check.ok, check.rule
+        if accountant == "prv":  # tighter than RDP: accepted by the PLD rule, not the RDP one
+            assert check.rule == "within PLD tolerance" and eps < check.rdp
+        else:  # Opacus' and dp-accounting's RDP evaluations agree closely
+            assert abs(eps - check.rdp) <= 5e-3 * check.rdp
 
 
 def test_durable_accountant_epsilon_agrees_with_recomputation(tmp_path) -> None:
