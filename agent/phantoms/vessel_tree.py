@@ -66,15 +66,18 @@ class _Builder:
         self.rows.append((a.copy(), b.copy(), r0, r1, signal))
 
     def walk(self, start: np.ndarray, direction: np.ndarray, radius: float, *, steps: int, signal: float,
-             curvature: float, taper: float) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """Grow one branch; returns its end point, direction, radius and signal."""
+             curvature: float, taper: float, confine: bool = True) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Grow one branch; returns its end point, direction, radius and signal.
+
+        ``confine=False`` is for the trunks, which enter from the neck below the brain ellipsoid.
+        """
         p, d, r = start.copy(), _unit(direction), radius
         for _ in range(steps):
             d = _unit(d + curvature * self.rng.normal(size=3))
             q = p + STEP_MM * d
             # Steer back inside when the walk approaches the brain surface (vessels stay intracranial).
             for _ in range(4):
-                if self.brain.normalized_radius(q) <= KEEP_INSIDE:
+                if not confine or self.brain.normalized_radius(q) <= KEEP_INSIDE:
                     break
                 d = _unit(d - 0.7 * self.brain.outward(q))
                 q = p + STEP_MM * d
@@ -130,26 +133,26 @@ def grow_vessel_tree(rng: np.random.Generator, *, fov_mm: np.ndarray, brain: Ell
     radii = [rng.uniform(1.2, 1.6), rng.uniform(1.2, 1.6), rng.uniform(1.0, 1.4)]
     tops = []
     for entry, r in zip(entries, radii):
-        # Push the entry inside the brain ellipsoid at the lowest slice, then rise tortuously.
+        # Enter through the lowest slice, then rise tortuously.
         entry[0] = fov_mm[0] * 0.02
         rise = int(rng.integers(5, 9))
         up = np.array([1.0, rng.normal(0, 0.3), rng.normal(0, 0.3)])
-        tops.append(b.walk(entry, up, r, steps=rise, signal=1.0, curvature=0.3, taper=0.985))
+        tops.append(b.walk(entry, up, r, steps=rise, signal=1.0, curvature=0.3, taper=0.985, confine=False))
     # Willis-like ring: thinner communicating segments between the trunk tops.
     for i in range(3):
-        p, _, r, s_ = tops[i]
+        p, _, r, signal = tops[i]
         q, _, r2, _ = tops[(i + 1) % 3]
         mid = (p + q) / 2 + rng.normal(0, 1.5, size=3)
         rc = 0.45 * min(r, r2)
-        b.add(p, mid, rc, rc, s_)
-        b.add(mid, q, rc, rc, s_)
+        b.add(p, mid, rc, rc, signal)
+        b.add(mid, q, rc, rc, signal)
     # Main branches from each trunk top: outward, forward/backward and up, then recursive.
-    for p, d, r, s_ in tops:
+    for p, _, r, signal in tops:
         outward = p - c
         outward[0] = 0.0
         for _ in range(2):
             direction = _unit(0.6 * _unit(outward) + rng.normal(0, 0.6, size=3) + np.array([0.5, 0.0, 0.0]))
-            b.branch(p, direction, r * rng.uniform(0.7, 0.85), depth=1, signal=s_)
+            b.branch(p, direction, r * rng.uniform(0.7, 0.85), depth=1, signal=signal)
     return VesselTree(b.tubes())
 
 
