@@ -16,6 +16,7 @@ import numpy as np
 from agent.config import SiteConfig
 from agent.guard import EgressPolicy, check_outgoing, real_fingerprints
 from agent.site_service import policy as site_policy
+from agent.site_service.claims import PendingClaim
 from agent.site_service.engine import TrainingEngine
 from agent.site_service.state import ModelRecord, SiteState
 from protocols import errors
@@ -24,8 +25,8 @@ from protocols.tasks import Task
 
 log = logging.getLogger(__name__)
 
-#: Signs a ledger claim for a release: (site, claim fields) -> canonical signed bytes, or None.
-ClaimSigner = Callable[[SiteConfig, Mapping[str, object]], "bytes | None"]
+#: Signs a ledger claim for a release: (site, reply fields) -> pending signed claim, or None.
+ClaimSigner = Callable[[SiteConfig, Mapping[str, object]], "PendingClaim | None"]
 
 _REFUSAL_CODES: tuple[tuple[type[errors.AnonfedError], str], ...] = (
     (errors.BudgetExceededError, "budget-exceeded"),
@@ -105,8 +106,12 @@ def handle_train(
             steps=_opt_int(mech.get("steps")), max_grad_norm=_opt_float(mech.get("max_grad_norm")),
             accountant=_opt_str(mech.get("accountant")),
         )
-        claim = sign_claim(site, {**fields, "task": ins.task.value, "unit": terms.unit.value}) if sign_claim else None
-        reply = m.TrainReply(**fields, claim=claim)
+        pending = None
+        if sign_claim is not None:
+            size = sum(len(m.canonical_array_bytes(a)) for a in out_weights.values())
+            pending = sign_claim(site, {**fields, "kind": "train", "unit": terms.unit.value,
+                                        "dataset_id": ins.dataset_id, "size": size})
+        reply = m.TrainReply(**fields, claim=pending.payload if pending else None)
         metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         policy = EgressPolicy(
             expected_weights=EgressPolicy.weights_spec(
@@ -116,7 +121,7 @@ def handle_train(
             real_fingerprints=fingerprints,
             blocked_log=state.blocked_log,
         )
-        return _guarded(site, m.Envelope(reply, out_weights, metrics), policy, ins, ins.round)
+        return _guarded(site, m.Envelope(reply, out_weights, metrics), policy, ins, ins.round, pending)
     except Exception as exc:  # noqa: BLE001
         return refusal(site, ins, ins.round, exc)
 
@@ -148,14 +153,17 @@ def handle_synthesize(
             guarantee=guarantee, model_round=record.round, epsilon_cumulative=record.epsilon_cumulative,
             delta=record.delta, unit=m.PrivacyUnit(record.unit), samples_sha256=digest,
         )
-        claim = sign_claim(site, {**fields, "unit": record.unit, "task": Task.SYNTHESIZE.value}) if sign_claim else None
-        reply = m.SynthesizeReply(**fields, claim=claim)
+        pending = None
+        if sign_claim is not None:
+            pending = sign_claim(site, {**fields, "kind": "synthesize", "unit": record.unit,
+                                        "dataset_id": record.dataset_id, "size": len(m.canonical_array_bytes(samples))})
+        reply = m.SynthesizeReply(**fields, claim=pending.payload if pending else None)
         policy = EgressPolicy(
             synthetic_patch_size=record.patch_size,
             real_fingerprints=state.load_fingerprints(),
             blocked_log=state.blocked_log,
         )
-        env = _guarded(site, m.Envelope(reply, {"samples": samples}), policy, query, query.round)
+        env = _guarded(site, m.Envelope(reply, {"samples": samples}), policy, query, query.round, pending)
         if isinstance(env.message, m.SynthesizeReply):
             state.save_release(digest, samples, {"run_id": query.run_id, "round": query.round, "method": method})
         return env
@@ -192,11 +200,21 @@ def refusal(site: SiteConfig, request: m.WireMessage, round_: int, exc: BaseExce
         ))
 
 
-def _guarded(site: SiteConfig, env: m.Envelope, policy: EgressPolicy, request: m.WireMessage, round_: int) -> m.Envelope:
+def _guarded(
+    site: SiteConfig,
+    env: m.Envelope,
+    policy: EgressPolicy,
+    request: m.WireMessage,
+    round_: int,
+    pending: PendingClaim | None = None,
+) -> m.Envelope:
+    """``env`` if the guard lets it pass (its claim then recorded in the site log), else a refusal."""
     try:
         check_outgoing(env, policy)
     except errors.EgressBlockedError as exc:
         return refusal(site, request, round_, exc)
+    if pending is not None:
+        pending.commit()  # fsync'd in the site's own claim log before the reply leaves
     return env
 
 

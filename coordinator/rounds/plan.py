@@ -32,6 +32,8 @@ class FederationPlan:
     consortium_budget: float = 10.0  # per-site epsilon the consortium allows
     synth_count: int = 16
     reply_timeout_s: float = 1800.0
+    min_sites: int = 1  # wait for this many connected nodes before starting
+    wait_for_sites_s: float = 120.0
     run_id: str = ""
 
     def __post_init__(self) -> None:
@@ -101,7 +103,7 @@ class FederationPlan:
 
 
 #: Run-config keys read by the adapters, not by the plan.
-_IGNORED_KEYS = frozenset({"output-dir", "ledger", "simulation-configs"})
+_IGNORED_KEYS = frozenset({"output-dir", "keys-dir", "simulation-configs"})
 
 
 def _keys() -> list[str]:

@@ -1,0 +1,1 @@
+"""The Flower ClientApp: a thin adapter from Flower messages to :mod:`agent.site_service`."""

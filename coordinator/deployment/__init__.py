@@ -1,0 +1,1 @@
+"""Running the coordinator's side of a Flower deployment: certificates, SuperLink, app runs, the demo."""

@@ -1,0 +1,134 @@
+"""One coordinator session: budget, store, ledger and summary files around :func:`run_federation`.
+
+Used by the ServerApp (deployment and simulation) and by the benchmark; Flower-free.
+
+Files under the output folder::
+
+    progress.log        one line per event (the demo shows it live)
+    budget.json         per-site consortium budget and reported spend
+    store/              synthetic outputs (content-addressed) and their SQLite index
+    ledger/ledger.jsonl the privacy ledger (if a keys folder with coordinator.key is given)
+    global_weights.npz  final aggregated generator + critic weights
+    summary.json        per-site epsilon, outputs, refusals, timings
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from coordinator.budget import ConsortiumBudget
+from coordinator.rounds.loop import ClaimSink, FederationResult, run_federation, write_weights
+from coordinator.rounds.plan import FederationPlan
+from coordinator.rounds.transport import SiteTransport
+from coordinator.store import SyntheticStore
+from protocols import messages as m
+from protocols.errors import IntegrityError
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_KEY = "coordinator.key"
+PUBLIC_KEYS = "public"
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionPaths:
+    """Output folder and (optional) keys folder: ``coordinator.key`` + ``public/<name>.pub``."""
+
+    out: Path
+    keys: Path | None = None
+
+    @property
+    def progress(self) -> Path:
+        return self.out / "progress.log"
+
+    @property
+    def store(self) -> Path:
+        return self.out / "store"
+
+    @property
+    def ledger(self) -> Path:
+        return self.out / "ledger" / "ledger.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+
+def run_session(transport: SiteTransport, plan: FederationPlan, paths: SessionPaths) -> FederationResult:
+    """Run ``plan`` and write everything listed in the module docstring."""
+    from agent.models import initial_weights  # the one agent package the coordinator may use
+
+    paths.out.mkdir(parents=True, exist_ok=True)
+    say = _progress_writer(paths.progress)
+    say(f"run {plan.run_id}: {plan.rounds} round(s) of {plan.architecture} at {plan.patch_size} px, "
+        f"{plan.local_steps} local step(s), target epsilon {plan.target_epsilon:g}, consortium budget "
+        f"{plan.consortium_budget:g} per site")
+    budget = ConsortiumBudget(plan.consortium_budget, path=paths.out / "budget.json")
+    init = initial_weights(plan.architecture, plan.patch_size, plan.seed)
+    with SyntheticStore(paths.store) as store, _ledger_sink(paths, say) as on_claim:
+        result = run_federation(transport, plan, budget=budget, store=store, initial_weights=init,
+                                on_claim=on_claim, progress=say)
+    write_weights(paths.out / "global_weights.npz", result.weights)
+    summary = result.summary()
+    summary["ledger"] = str(paths.ledger) if paths.ledger.is_file() else None
+    summary["store"] = str(paths.store)
+    _atomic_json(paths.summary, summary)
+    say(f"done: {result.rounds_completed} round(s); {result.stop_reason}; {len(result.outputs)} output(s) stored")
+    return result
+
+
+@contextlib.contextmanager
+def _ledger_sink(paths: SessionPaths, say) -> Iterator[ClaimSink | None]:
+    if paths.keys is None or not (paths.keys / COORDINATOR_KEY).is_file():
+        say("no coordinator key: running without a privacy ledger")
+        yield None
+        return
+    from coordinator.ledger import Ledger
+    from protocols.ledger import SignedClaim
+    from protocols.signing import load_key_directory, load_private_key
+
+    key = load_private_key(paths.keys / COORDINATOR_KEY)
+    site_keys = load_key_directory(paths.keys / PUBLIC_KEYS)
+    paths.ledger.parent.mkdir(parents=True, exist_ok=True)
+
+    with Ledger.open(paths.ledger, key) as ledger:
+
+        def on_claim(site: str, reply: m.WireMessage) -> None:
+            signed = SignedClaim.from_bytes(reply.claim)  # type: ignore[attr-defined]
+            if signed.claim.site != site:
+                raise IntegrityError(f"claim names site {signed.claim.site} but came from {site}'s node")
+            if site not in site_keys:
+                raise IntegrityError(f"no public key for site {site} in the keys folder; enroll the site first")
+            entry = ledger.append_site_claim(signed, site_keys[site])
+            say(f"ledger entry {entry.seq}: {site} {signed.claim.mechanism.kind.value}, "
+                f"cumulative epsilon {signed.claim.cumulative_epsilon:.4g}")
+
+        yield on_claim
+
+
+def _progress_writer(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        log.info("%s", text)
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {text}\n")
+
+    return say
+
+
+def _atomic_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
