@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from agent.stylegan.augment import AdaptiveAugment, augment
 from agent.stylegan.checkpoint import RELEASE_POLICY_KEY, load_checkpoint, save_checkpoint
-from agent.stylegan.config import StyleGANConfig, TrainingConfig, TrainingMode, release_policy_for
+from agent.stylegan.config import ReleasePolicy, StyleGANConfig, TrainingConfig, TrainingMode, release_policy_for
 from agent.stylegan.discriminator import Discriminator
 from agent.dp.sampling import UnitBatch, UnitSampler
 from agent.stylegan.dp_step import (DPSettings, make_private_optimizer, make_sampler, private_step,
@@ -32,12 +33,13 @@ from agent.stylegan.dp_step import (DPSettings, make_private_optimizer, make_sam
 from agent.stylegan.ema import ema_beta, update_ema
 from agent.stylegan.generator import Generator
 from agent.stylegan.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
-from protocols.errors import BadInputError, ConfigError
+from protocols.errors import BadInputError, ConfigError, EgressBlockedError
 from protocols.tasks import PrivacyUnit
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, dict[str, float]], None]
+GENERATOR, GENERATOR_EMA, DISCRIMINATOR = "generator.", "generator_ema.", "discriminator."
 
 
 class StyleGANTrainer:
@@ -195,6 +197,47 @@ class StyleGANTrainer:
         if checkpoint_path is not None:
             self.save(checkpoint_path)
         return metrics
+
+    # -- weights for federated averaging ------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Float32 arrays of G, G_ema and D (prefixed), for a federated-dp release only.
+
+        Raises
+        ------
+        EgressBlockedError
+            In ``local`` mode: those weights carry no privacy guarantee and stay at the site.
+        """
+        if release_policy_for(self.mode) is not ReleasePolicy.DP_RELEASABLE:
+            raise EgressBlockedError(f"StyleGAN weights trained in mode {self.mode.value!r} are site-only; "
+                                     f"only federated-dp weights may be exported")
+        out = {}
+        for prefix, module in ((GENERATOR, self.G), (GENERATOR_EMA, self.G_ema), (DISCRIMINATOR, self.D)):
+            out.update({prefix + k: v.detach().cpu().to(torch.float32).numpy().copy()
+                        for k, v in module.state_dict().items()})
+        return out
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load aggregated weights (same names and shapes as :meth:`to_arrays`).
+
+        Raises
+        ------
+        BadInputError
+            If a name is missing or unexpected, or a shape differs.
+        """
+        for prefix, module in ((GENERATOR, self.G), (GENERATOR_EMA, self.G_ema), (DISCRIMINATOR, self.D)):
+            own = module.state_dict()
+            given = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if set(given) != set(own):
+                diff = sorted(set(own) ^ set(given))
+                raise BadInputError(f"aggregated StyleGAN weights do not match this architecture: "
+                                    f"{len(diff)} name(s) differ, e.g. {prefix}{diff[0]}")
+            for k, v in given.items():
+                if tuple(v.shape) != tuple(own[k].shape):
+                    raise BadInputError(f"weight {prefix}{k}: shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+            module.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(own[k]) for k, v in given.items()})
+        unknown = [k for k in arrays if not k.startswith((GENERATOR, GENERATOR_EMA, DISCRIMINATOR))]
+        if unknown:
+            raise BadInputError(f"{len(unknown)} unexpected weight name(s), e.g. {unknown[0]}")
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict[str, object]:

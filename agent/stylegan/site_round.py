@@ -1,0 +1,137 @@
+"""One site's StyleGAN training round: ``federated-dp`` (accounted, releasable) or ``local`` (kept).
+
+This is the one place that joins the StyleGAN trainer with the site's policy and its durable
+accountant, in the same order as :func:`agent.training.local_round.run_local_round`:
+
+1. the task must be in the site's accepted tasks (``stylegan-dp`` or ``stylegan-local``);
+2. under DP the plan is checked against the policy (epsilon, delta, unit, minimum patients), the
+   noise is calibrated once for the plan's total steps, and the round's discriminator steps are
+   *reserved* in the durable accountant (fsync'd) before the first step runs;
+3. a DP round returns float32 weights, DP-safe metrics (generator loss, step counts; never the
+   discriminator loss, which is computed on real images) and the mechanism an auditor needs;
+   a local round returns nothing that may leave: only the path of its ``site-only`` checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.config import SiteConfig
+from agent.dp.accounting import calibrate_noise_multiplier, epsilon_of
+from agent.stylegan.config import StyleGANConfig, TrainingConfig, TrainingMode
+from agent.stylegan.dp_step import DPSettings
+from agent.stylegan.train import StyleGANTrainer
+from agent.training.local_round import ACCOUNTANT_KIND, RoundResult, open_accountant
+from protocols.errors import BadInputError, BudgetExceededError, PolicyError, TaskRefusedError
+from protocols.tasks import PrivacyUnit, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleGANRoundPlan:
+    """What a coordinator asks of a site for one federated-dp StyleGAN round."""
+
+    local_steps: int  # discriminator steps (= accountant steps) this round
+    total_planned_steps: int  # over all rounds; noise is calibrated once for this total
+    target_epsilon: float  # epsilon after total_planned_steps
+    delta: float
+    unit: PrivacyUnit
+    expected_batch_patients: int  # sample_rate = expected_batch_patients / num_patients
+    max_grad_norm: float
+    seed: int  # weight init, latents, augmentation (never DP noise or sampling)
+
+
+def _check(site: SiteConfig, plan: StyleGANRoundPlan, num_patients: int) -> None:
+    policy = site.privacy
+    if Task.STYLEGAN_DP not in policy.accepted_tasks:
+        raise TaskRefusedError("the site does not accept task 'stylegan-dp'; add it to privacy.accepted_tasks")
+    if not 1 <= plan.local_steps <= plan.total_planned_steps:
+        raise BadInputError(f"round plan: expected 1 <= local_steps <= total_planned_steps, got "
+                            f"{plan.local_steps} and {plan.total_planned_steps}")
+    if not 0 < plan.target_epsilon <= policy.max_epsilon:
+        raise BudgetExceededError(f"round plan targets epsilon {plan.target_epsilon:g}; the site policy allows "
+                                  f"0 < epsilon <= {policy.max_epsilon:g}")
+    if not 0 < plan.delta <= policy.delta:
+        raise PolicyError(f"round plan delta={plan.delta:g} is weaker than the site policy delta={policy.delta:g}")
+    if PrivacyUnit(plan.unit) is PrivacyUnit.IMAGE and policy.unit is PrivacyUnit.PATIENT:
+        raise PolicyError("round plan protects single images but the site requires unit=patient; re-plan")
+    if num_patients < policy.min_patients:
+        raise PolicyError(f"only {num_patients} patient(s); the site policy requires at least "
+                          f"{policy.min_patients} for DP training")
+    if not 1 <= plan.expected_batch_patients <= num_patients or plan.max_grad_norm <= 0:
+        raise BadInputError(f"round plan: need 1 <= expected_batch_patients <= {num_patients} and max_grad_norm > 0")
+
+
+def run_stylegan_dp_round(*, site: SiteConfig, dataset_id: str, images: torch.Tensor, patient_index: torch.Tensor,
+                          weights: dict[str, np.ndarray] | None, plan: StyleGANRoundPlan, arch: StyleGANConfig,
+                          train: TrainingConfig, images_per_patient: int = 4,
+                          device: str | torch.device = "cpu") -> RoundResult:
+    """Train one federated-dp round and return what may be released.
+
+    Raises
+    ------
+    TaskRefusedError, BudgetExceededError, PolicyError
+        If the site's policy or remaining budget refuses the round (nothing is trained or written).
+    BadInputError
+        If the plan or the weights do not fit the data or the architecture.
+    """
+    num_patients = int(patient_index.max()) + 1
+    _check(site, plan, num_patients)
+    unit = PrivacyUnit(plan.unit)
+    population = num_patients if unit is PrivacyUnit.PATIENT else images.shape[0]
+    expected = plan.expected_batch_patients * (1 if unit is PrivacyUnit.PATIENT else images_per_patient)
+    sample_rate = min(1.0, expected / population)
+    sigma = _calibrated_sigma(plan.target_epsilon, plan.delta, sample_rate, plan.total_planned_steps)
+    dp = DPSettings(noise_multiplier=sigma, max_grad_norm=plan.max_grad_norm, sample_rate=sample_rate, unit=unit,
+                    images_per_patient=images_per_patient)
+    trainer = StyleGANTrainer(arch, train, mode=TrainingMode.FEDERATED_DP, seed=plan.seed, dp=dp, device=device)
+    if weights is not None:
+        trainer.load_arrays(weights)  # checked before anything is charged
+    acc = open_accountant(site, dataset_id)
+    eps_cum = acc.reserve(noise_multiplier=sigma, sample_rate=sample_rate, steps=plan.local_steps, unit=unit,
+                          max_epsilon=site.privacy.max_epsilon, label=f"stylegan seed {plan.seed}")
+    eps_round = epsilon_of([(sigma, sample_rate, plan.local_steps)], delta=acc.delta, kind=acc.kind)
+    g_losses: list[float] = []
+    trainer.fit(images, patient_index, steps=plan.local_steps, progress=lambda _, m: g_losses.append(m["g_loss"]))
+    metrics = {"discriminator_steps": float(plan.local_steps), "generator_steps": float(plan.local_steps),
+               "generator_loss": float(np.mean(g_losses)) if g_losses else math.nan}
+    mechanism = {"noise_multiplier": sigma, "sample_rate": sample_rate, "steps": plan.local_steps,
+                 "max_grad_norm": plan.max_grad_norm, "delta": acc.delta, "unit": unit.value,
+                 "accountant": acc.kind.value}
+    log.info("stylegan dp round: %d steps, epsilon round %.4g, cumulative %.4g", plan.local_steps, eps_round, eps_cum)
+    return RoundResult(trainer.to_arrays(), num_patients, metrics, mechanism, eps_round, eps_cum)
+
+
+@functools.lru_cache(maxsize=32)
+def _calibrated_sigma(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    # Pure and deterministic (PRV calibration takes ~20 s on one core): every round of a plan reuses it.
+    return calibrate_noise_multiplier(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                                      steps=steps, kind=ACCOUNTANT_KIND)
+
+
+def run_stylegan_local(*, site: SiteConfig, images: torch.Tensor, patient_index: torch.Tensor, steps: int,
+                       arch: StyleGANConfig, train: TrainingConfig, seed: int, checkpoint: Path,
+                       device: str | torch.device = "cpu", checkpoint_every: int = 100) -> Path:
+    """Train (or resume) a ``local`` StyleGAN; its weights stay at the site in ``checkpoint``.
+
+    Raises
+    ------
+    TaskRefusedError
+        If the site does not accept task ``stylegan-local``.
+    """
+    if Task.STYLEGAN_LOCAL not in site.privacy.accepted_tasks:
+        raise TaskRefusedError("the site does not accept task 'stylegan-local'; add it to privacy.accepted_tasks")
+    trainer = StyleGANTrainer(arch, train, mode=TrainingMode.LOCAL, seed=seed, device=device)
+    if Path(checkpoint).exists():
+        trainer.load(Path(checkpoint))
+        log.info("resuming local StyleGAN at step %d", trainer.step_count)
+    trainer.fit(images, patient_index, steps=steps, checkpoint_path=Path(checkpoint), checkpoint_every=checkpoint_every)
+    return Path(checkpoint)
