@@ -34,7 +34,9 @@ class AccountantKind(str, enum.Enum):
 
 
 def _check_history(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
-    out = []
+    """Validated history with entries of equal (sigma, q) merged (composition is commutative),
+    so the cost of an analysis does not grow with the number of rounds."""
+    merged: dict[tuple[float, float], int] = {}
     for sigma, q, steps in history:
         if not (sigma >= 0 and 0 < q <= 1 and int(steps) == steps and steps >= 0):
             raise BadInputError(
@@ -42,8 +44,9 @@ def _check_history(history: Sequence[HistoryEntry]) -> list[HistoryEntry]:
                 "expected noise_multiplier >= 0, 0 < sample_rate <= 1, integer steps >= 0"
             )
         if steps:
-            out.append((float(sigma), float(q), int(steps)))
-    return out
+            key = (float(sigma), float(q))
+            merged[key] = merged.get(key, 0) + int(steps)
+    return [(sigma, q, steps) for (sigma, q), steps in merged.items()]
 
 
 def rdp_epsilon(history: Sequence[HistoryEntry], *, delta: float) -> float:

@@ -115,7 +115,8 @@ def hyperparameters_for(architecture: str, *, dp: bool) -> Hyperparameters:
     return Hyperparameters(n_critic=1, critic_lr=2e-4, generator_lr=2e-4, beta1=0.5, beta2=0.999)
 
 
-def _check_plan(site: SiteConfig, plan: RoundPlan, num_patients: int) -> None:
+def check_plan_against_policy(site: SiteConfig, plan: RoundPlan, num_patients: int) -> None:
+    """Refuse a plan the site's policy does not allow (see :func:`run_local_round` for the errors)."""
     policy = site.privacy
     if plan.local_steps < 1 or plan.total_planned_steps < plan.local_steps:
         raise BadInputError(
@@ -208,7 +209,7 @@ def run_local_round(
     images = np.asarray(patches.images)
     patient_index = np.asarray(patches.patient_index)
     num_patients = int(patches.num_patients)
-    _check_plan(site, plan, num_patients)
+    check_plan_against_policy(site, plan, num_patients)
     dp_on = plan.target_epsilon is not None
     hp = hyperparameters_for(plan.architecture, dp=dp_on)
     acc = open_accountant(site, dataset_id)
