@@ -2,10 +2,11 @@
 
 Invariants: a site's cumulative epsilon is whatever *that site* last reported (matched by the
 Flower node that sent the reply), it never decreases, and it is never averaged with other sites.
-A site is not scheduled when its reported spend plus the cost of its last round would pass its
-limit (the smaller of the consortium budget and the site's own ``max_epsilon``); with a fixed
-noise multiplier and sample rate each later round costs no more than the one before, so this
-projection errs on the safe side. The site enforces its own policy regardless.
+A site is not scheduled when one more round would pass its limit (the smaller of the consortium
+budget and the site's own ``max_epsilon``): the site's reply states its accountant's projection
+after one more identical round; without one, the reported spend plus the cost of its last round
+is used (with a fixed noise multiplier and sample rate each later round costs no more than the one
+before, so this errs on the safe side). The site enforces its own policy regardless.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SiteBudget:
     limit: float
     spent: float = 0.0
     last_round_epsilon: float = 0.0
+    projected_next: float | None = None  # the site's own projection of its spend after one more round
     rounds_trained: int = 0
     exhausted: bool = False
     stop_reason: str = ""
@@ -64,13 +66,22 @@ class ConsortiumBudget:
         b = self.sites[site_id]
         if b.exhausted:
             return False, b.stop_reason or "budget exhausted"
+        if b.projected_next is not None:
+            if b.projected_next > b.limit + _TOLERANCE:
+                return False, f"one more round would bring it to {b.projected_next:.4g}, past the limit {b.limit:.4g}"
+            return True, ""
         projected = b.spent + b.last_round_epsilon
         if projected > b.limit + _TOLERANCE:
             return False, f"spent {b.spent:.4g} + last round {b.last_round_epsilon:.4g} would pass the limit {b.limit:.4g}"
         return True, ""
 
-    def record_spend(self, site_id: str, *, epsilon_round: float, epsilon_cumulative: float) -> None:
-        """Take a site's own report of its spend.
+    def record_spend(
+        self, site_id: str, *, epsilon_round: float, epsilon_cumulative: float, epsilon_next: float | None = None
+    ) -> None:
+        """Take a site's own report of its spend (and, if given, its projection after one more round).
+
+        Without a projection the next round is assumed to cost no more than the last one (true for
+        a fixed DP-SGD mechanism: composition grows sub-linearly).
 
         Raises
         ------
@@ -85,6 +96,7 @@ class ConsortiumBudget:
             )
         b.spent = float(epsilon_cumulative)
         b.last_round_epsilon = float(epsilon_round)
+        b.projected_next = None if epsilon_next is None else float(epsilon_next)
         b.rounds_trained += 1
         if b.spent >= b.limit - _TOLERANCE:
             self.mark_exhausted(site_id, f"reached its limit {b.limit:.4g}")

@@ -187,6 +187,7 @@ class TrainReply(WireMessage):
     weights_sha256: str
     epsilon_round: float
     epsilon_cumulative: float
+    epsilon_next: float | None  # the site's cumulative epsilon after one more identical round
     delta: float
     unit: PrivacyUnit
     noise_multiplier: float | None
@@ -204,6 +205,8 @@ class TrainReply(WireMessage):
             for name in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant"):
                 if getattr(self, name) is None:
                     raise MessageSchemaError(f"{self.KIND}: a dpgan reply must state the mechanism field {name!r}")
+        if self.epsilon_next is not None and self.epsilon_next < self.epsilon_cumulative:
+            raise MessageSchemaError(f"{self.KIND}: epsilon_next must be >= epsilon_cumulative")
         if self.epsilon_round < 0 or self.epsilon_cumulative < self.epsilon_round:
             raise MessageSchemaError(
                 f"{self.KIND}: expected 0 <= epsilon_round <= epsilon_cumulative, got "

@@ -38,6 +38,7 @@ class RoundOutcome:
     mechanism: Mapping[str, Any] | None
     epsilon_round: float
     epsilon_cumulative: float
+    epsilon_next: float | None = None  # cumulative after one more identical round (for scheduling)
 
 
 class TrainingEngine(Protocol):

@@ -101,7 +101,8 @@ def handle_train(
         fields = dict(
             run_id=ins.run_id, round=ins.round, site_id=site.site_id, task=ins.task, num_patients=outcome.num_patients,
             weights_sha256=digest, epsilon_round=float(outcome.epsilon_round),
-            epsilon_cumulative=float(outcome.epsilon_cumulative), delta=float(terms.delta), unit=terms.unit,
+            epsilon_cumulative=float(outcome.epsilon_cumulative),
+            epsilon_next=_opt_float(outcome.epsilon_next), delta=float(terms.delta), unit=terms.unit,
             noise_multiplier=_opt_float(mech.get("noise_multiplier")), sample_rate=_opt_float(mech.get("sample_rate")),
             steps=_opt_int(mech.get("steps")), max_grad_norm=_opt_float(mech.get("max_grad_norm")),
             accountant=_opt_str(mech.get("accountant")),

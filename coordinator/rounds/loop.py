@@ -215,7 +215,8 @@ def _accept_train_reply(
             raise IntegrityError("returned weights do not match their stated sha256")
         if not all(np.all(np.isfinite(a)) for a in reply.arrays.values()):
             raise IntegrityError("returned weights contain NaN or infinity")
-        budget.record_spend(site, epsilon_round=msg.epsilon_round, epsilon_cumulative=msg.epsilon_cumulative)
+        budget.record_spend(site, epsilon_round=msg.epsilon_round, epsilon_cumulative=msg.epsilon_cumulative,
+                            epsilon_next=msg.epsilon_next)
         if on_claim is not None and msg.claim is not None:
             on_claim(site, msg)
     except AnonfedError as exc:

@@ -32,6 +32,17 @@ def test_site_is_not_scheduled_when_its_next_round_would_pass_the_limit() -> Non
     assert not ok and "would pass the limit 4" in why
 
 
+def test_sites_own_projection_decides_when_given() -> None:
+    b = ConsortiumBudget(8.0)
+    b.register("hospital-a")
+    # a calibrated plan: round 1 alone costs 5.8, but two rounds together land on 7.9
+    b.record_spend("hospital-a", epsilon_round=5.8, epsilon_cumulative=5.8, epsilon_next=7.9)
+    assert b.schedulable("hospital-a") == (True, "")
+    b.record_spend("hospital-a", epsilon_round=5.8, epsilon_cumulative=7.9, epsilon_next=9.4)
+    ok, why = b.schedulable("hospital-a")
+    assert not ok and "9.4, past the limit 8" in why
+
+
 def test_site_already_spent_is_exhausted_at_registration() -> None:
     b = ConsortiumBudget(4.0)
     b.register("hospital-a", spent=4.0)

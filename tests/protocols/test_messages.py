@@ -25,7 +25,7 @@ def _instruction(**over) -> m.TrainInstruction:
 def _train_reply(**over) -> m.TrainReply:
     base = dict(
         run_id="run-1", round=1, site_id="hospital-a", task=Task.DPGAN, num_patients=6, weights_sha256="a" * 64,
-        epsilon_round=1.5, epsilon_cumulative=2.0, delta=1e-5, unit=PrivacyUnit.PATIENT, noise_multiplier=1.1,
+        epsilon_round=1.5, epsilon_cumulative=2.0, epsilon_next=2.6, delta=1e-5, unit=PrivacyUnit.PATIENT, noise_multiplier=1.1,
         sample_rate=0.5, steps=4, max_grad_norm=1.0, accountant="prv", claim=b"signed",
     )
     base.update(over)
@@ -63,6 +63,8 @@ def test_semantic_rules_are_enforced() -> None:
         _train_reply(noise_multiplier=None)
     with pytest.raises(MessageSchemaError, match="epsilon_round <= epsilon_cumulative"):
         _train_reply(epsilon_round=3.0, epsilon_cumulative=2.0)
+    with pytest.raises(MessageSchemaError, match="epsilon_next must be >= epsilon_cumulative"):
+        _train_reply(epsilon_next=1.0)
     with pytest.raises(MessageSchemaError, match="64 lowercase hex"):
         _train_reply(weights_sha256="/data/patient/1.dcm")
     with pytest.raises(MessageSchemaError, match="at most"):

@@ -24,7 +24,7 @@ def _weights() -> dict[str, np.ndarray]:
 def _train_reply(weights, **over) -> m.TrainReply:
     base = dict(
         run_id="run-1", round=1, site_id="hospital-a", task=Task.DPGAN, num_patients=3,
-        weights_sha256=m.weights_sha256(weights), epsilon_round=1.0, epsilon_cumulative=1.0, delta=1e-5,
+        weights_sha256=m.weights_sha256(weights), epsilon_round=1.0, epsilon_cumulative=1.0, epsilon_next=None, delta=1e-5,
         unit=PrivacyUnit.PATIENT, noise_multiplier=1.0, sample_rate=0.5, steps=2, max_grad_norm=1.0,
         accountant="rdp", claim=None,
     )
