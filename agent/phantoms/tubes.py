@@ -14,6 +14,7 @@ number of segments times the grid size.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -74,34 +75,37 @@ def signed_distance(
         raise ValueError(f"grid is {dim}-D (spacing {spacing}) but tubes are {tubes.starts.shape[1]}-D")
     sd = np.full(shape, FAR, dtype=np.float32)
     val = np.zeros(shape, dtype=np.float32)
-    spacing_arr = np.asarray(spacing, dtype=np.float64)
-    upper = np.asarray(shape) - 1
-    for a, b, r0, r1, v in zip(tubes.starts, tubes.ends, tubes.r0, tubes.r1, tubes.value):
+    # Broadcastable coordinate vector per axis, built once; each box takes views of them.
+    axes = [
+        (np.arange(n, dtype=np.float64) * s).reshape([-1 if j == k else 1 for j in range(dim)])
+        for k, (n, s) in enumerate(zip(shape, spacing))
+    ]
+    # Plain Python floats: per-segment work on tiny arrays is dominated by call overhead.
+    for a, b, r0, r1, v in zip(tubes.starts.tolist(), tubes.ends.tolist(), tubes.r0.tolist(),
+                               tubes.r1.tolist(), tubes.value.tolist()):
         reach = max(r0, r1) + margin
-        lo = np.floor((np.minimum(a, b) - reach) / spacing_arr).astype(int)
-        hi = np.ceil((np.maximum(a, b) + reach) / spacing_arr).astype(int)
-        lo, hi = np.maximum(lo, 0), np.minimum(hi, upper)
-        if np.any(hi < lo):
-            continue  # segment entirely outside the grid
-        box = tuple(slice(l, h + 1) for l, h in zip(lo, hi))
-        # One broadcastable coordinate vector per axis keeps memory at the box size.
-        rel = [
-            (np.arange(l, h + 1) * s - a[k]).reshape([-1 if j == k else 1 for j in range(dim)])
-            for k, (l, h, s) in enumerate(zip(lo, hi, spacing_arr))
-        ]
-        ab = b - a
-        length2 = float(ab @ ab)
-        if length2 > 0:
-            t = sum(rel[k] * ab[k] for k in range(dim)) / length2
-            t = np.clip(t, 0.0, 1.0)
+        box = []
+        for k in range(dim):
+            lo = max(0, math.floor((min(a[k], b[k]) - reach) / spacing[k]))
+            hi = min(shape[k] - 1, math.ceil((max(a[k], b[k]) + reach) / spacing[k]))
+            if hi < lo:
+                break  # segment entirely outside the grid
+            box.append(slice(lo, hi + 1))
         else:
-            t = np.zeros([1] * dim)
-        dist2 = sum((rel[k] - t * ab[k]) ** 2 for k in range(dim))
-        local = (np.sqrt(dist2) - (r0 + t * (r1 - r0))).astype(np.float32)
-        target = sd[box]
-        closer = local < target
-        target[closer] = local[closer]
-        val[box][closer] = v
+            ab = [b[k] - a[k] for k in range(dim)]
+            rel = [axes[k][(slice(None),) * k + (box[k],)] - a[k] for k in range(dim)]
+            length2 = sum(x * x for x in ab)
+            if length2 > 0:
+                t = np.clip(sum(rel[k] * (ab[k] / length2) for k in range(dim)), 0.0, 1.0)
+            else:
+                t = np.zeros([1] * dim)
+            dist2 = sum((rel[k] - t * ab[k]) ** 2 for k in range(dim))
+            local = (np.sqrt(dist2) - (r0 + t * (r1 - r0))).astype(np.float32)
+            region = tuple(box)
+            target = sd[region]
+            closer = local < target
+            target[closer] = local[closer]
+            val[region][closer] = v
     return sd, val
 
 
