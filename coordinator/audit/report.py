@@ -44,17 +44,23 @@ def _site_plot(site: str, rows: list[EntryRow], budget: float | None) -> str:
 
     fig = Figure(figsize=(7, 3.2), dpi=90)
     ax = fig.add_subplot(1, 1, 1)
+    # Rounds are the natural axis; with several runs (rounds restart) fall back to ledger order.
+    by_round = len({r.run_id for r in rows}) == 1
+
+    def x(r: EntryRow) -> int:
+        return r.round if by_round else r.seq
+
     for dataset in sorted({r.dataset for r in rows}):
         pts = [r for r in rows if r.dataset == dataset and r.mechanism == "dp-sgd"]
         if pts:
-            ax.step([r.seq for r in pts], [r.cumulative_epsilon for r in pts], where="post", marker="o",
+            ax.step([x(r) for r in pts], [r.cumulative_epsilon for r in pts], where="post", marker="o",
                     markersize=3, label=f"{dataset} (DP-SGD)")
     for r in rows:
         if r.mechanism == "none":
-            ax.axvline(r.seq, color="#c62828", linestyle=":", linewidth=1)
+            ax.axvline(x(r), color="#c62828", linestyle=":", linewidth=1)
     if budget is not None:
         ax.axhline(budget, color="#c62828", linestyle="--", label=f"budget {budget:g}")
-    ax.set_xlabel("ledger entry (in order of rounds)")
+    ax.set_xlabel("round" if by_round else "ledger entry (several runs)")
     ax.set_ylabel("cumulative epsilon")
     ax.set_title(f"{site}")
     ax.grid(alpha=0.3)
@@ -139,7 +145,8 @@ def render_report(
         clusters = "" if not r.cluster_sizes else f"{len(r.cluster_sizes)} (min {min(r.cluster_sizes)})"
         out.append(f"<tr><td>{r.seq}</td><td class='l'>{e(r.site)}</td><td class='l'>{e(r.run_id)}</td><td>{r.round}</td>"
                    f"<td class='l'>{e(r.task)}</td><td class='l'>{e(r.dataset)}</td><td class='l'>{e(guarantee)}</td>"
-                   f"<td>{_fmt(r.epsilon)}</td><td>{_fmt(r.cumulative_epsilon)}</td><td>{kcol}</td><td>{clusters}</td>"
+                   f"<td>{_fmt(r.epsilon) if r.mechanism in ('dp-sgd', 'none') else 'n/a'}</td>"
+                   f"<td>{_fmt(r.cumulative_epsilon)}</td><td>{kcol}</td><td>{clusters}</td>"
                    f"<td>{r.artifacts}</td><td class='l'>{e(r.time)}</td></tr>")
     out.append("</table><p>Epsilon is recomputed by the auditor with Google's dp-accounting (RDP, and PLD for "
                "figures below the RDP bound); see coordinator/audit/recompute.py for the tolerance rule.</p>")
