@@ -10,7 +10,7 @@ Invariants:
   ``coordinator.pub`` and one ``<site-id>.pub`` per site.
 - Every signature covers ``domain tag + NUL + canonical bytes`` (:func:`protocols.canonical.tagged`),
   so a site claim signature can never pass as a countersignature and vice versa.
-- Signatures travel as unpadded-free standard base64 text (88 characters for 64 bytes).
+- Signatures travel as standard base64 text (88 characters for 64 bytes).
 - A key id is the first 16 bytes (hex) of a domain-tagged SHA-256 of the raw public key.
 """
 
