@@ -14,10 +14,13 @@ Public API (plain Python; the ClientApp only calls these)::
     log.record(signed)                                # fsync'd before anything leaves the site
     payload: bytes = signed.to_bytes()                # canonical; put in the Flower reply
 
-``compare_with_ledger`` finds claims the coordinator omitted or altered;
+``compare_with_ledger`` finds claims the coordinator omitted or altered; ``unclaimed_history``
+finds DP steps the durable accountant charged that no claim records yet (claim them, e.g. as a
+DP-SGD claim without artifacts, before the next release, or the coordinator refuses it);
 ``anonfed ledger show --config site.yaml`` prints what this site released and spent.
 """
 
+from agent.ledger.catch_up import unclaimed_history
 from agent.ledger.compare import Discrepancy, DiscrepancyKind, compare_with_ledger, read_ledger_entries
 from agent.ledger.keys import load_site_key, site_key_path
 from agent.ledger.site_log import SiteClaimLog, claim_log_path
@@ -25,5 +28,5 @@ from protocols.ledger import make_claim, sign_claim
 
 __all__ = [
     "Discrepancy", "DiscrepancyKind", "SiteClaimLog", "claim_log_path", "compare_with_ledger", "load_site_key",
-    "make_claim", "read_ledger_entries", "sign_claim", "site_key_path",
+    "make_claim", "read_ledger_entries", "sign_claim", "site_key_path", "unclaimed_history",
 ]

@@ -1,0 +1,64 @@
+"""Reconcile the site's durable DP accountant with the DP-SGD claims it has signed.
+
+The accountant charges steps *before* they run (write-ahead), so after a crash or a failed round
+it holds steps that no claim records. The ledger's epsilon must be recomputable from the claims
+alone, so every charged step must eventually appear in a claim: :func:`unclaimed_history` returns
+the charged-but-unclaimed steps, to be claimed (e.g. as a DP-SGD claim without artifacts) before
+or together with the next release. Otherwise the next claim's cumulative epsilon exceeds what its
+recorded mechanisms give and the coordinator refuses it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from protocols.errors import AccountingError
+from protocols.ledger import DpSgdMechanism, SignedClaim
+
+Segment = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps), as the accountant keeps them
+
+
+def _runs(segments: Sequence[Segment]) -> list[Segment]:
+    """Merge consecutive segments with equal (noise, rate); composition does not see the split."""
+    out: list[Segment] = []
+    for sigma, q, steps in segments:
+        if steps <= 0 or sigma == 0:  # sigma 0 = a non-DP release, claimed as mechanism "none"
+            continue
+        if out and out[-1][0] == sigma and out[-1][1] == q:
+            out[-1] = (sigma, q, out[-1][2] + steps)
+        else:
+            out.append((float(sigma), float(q), int(steps)))
+    return out
+
+
+def unclaimed_history(history: Sequence[Segment], claims: Sequence[SignedClaim], *, dataset: str) -> list[Segment]:
+    """The part of ``history`` (the accountant's, in order) not covered by the DP-SGD ``claims`` of ``dataset``.
+
+    Raises
+    ------
+    AccountingError
+        If the claims are not a prefix of the accountant's history (they record steps the
+        accountant never charged, or in another order).
+    """
+    charged = _runs(history)
+    claimed = _runs([
+        (c.claim.mechanism.noise_multiplier, c.claim.mechanism.sample_rate, c.claim.mechanism.steps)
+        for c in claims
+        if c.claim.dataset == dataset and isinstance(c.claim.mechanism, DpSgdMechanism)
+    ])
+    i = 0
+    for sigma, q, steps in claimed:
+        while steps:
+            if i >= len(charged) or charged[i][:2] != (sigma, q):
+                raise AccountingError(
+                    f"dataset {dataset}: the signed claims record DP steps (noise {sigma}, rate {q}) that the "
+                    "durable accountant did not charge in that order; the claim log and accountant disagree"
+                )
+            take = min(steps, charged[i][2])
+            steps -= take
+            rest = charged[i][2] - take
+            if rest:
+                charged[i] = (sigma, q, rest)
+            else:
+                i += 1
+    return charged[i:]

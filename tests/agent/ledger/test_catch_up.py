@@ -1,0 +1,41 @@
+"""Charged-but-unclaimed DP steps are found, so the ledger stays recomputable after a failed round."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.ledger.catch_up import unclaimed_history
+from protocols.errors import AccountingError
+from protocols.ledger import GENESIS, DpSgdMechanism, make_claim, sign_claim
+from protocols.signing import SigningKey
+from protocols.tasks import PrivacyUnit, Task
+
+KEY = SigningKey.generate()
+
+
+def _claims(segments):
+    out, prev = [], GENESIS
+    for i, (sigma, q, steps) in enumerate(segments):
+        claim = make_claim(run_id="r", round=i, site="hospital-a", site_seq=i, site_prev=prev, key_id=KEY.key_id,
+                           task=Task.DPGAN, dataset="tof",
+                           mechanism=DpSgdMechanism(sigma, q, steps, 1.0, 1e-5, PrivacyUnit.PATIENT, "prv"),
+                           epsilon=0.1, cumulative_epsilon=0.1 * (i + 1))
+        out.append(sign_claim(claim, KEY))
+        prev = claim.claim_hash
+    return out
+
+
+def test_nothing_unclaimed_when_claims_cover_the_history() -> None:
+    history = [(1.1, 0.05, 20), (1.1, 0.05, 20), (0.9, 0.1, 10)]
+    assert unclaimed_history(history, _claims([(1.1, 0.05, 40), (0.9, 0.1, 10)]), dataset="tof") == []
+
+
+def test_failed_round_leaves_charged_steps_to_claim() -> None:
+    history = [(1.1, 0.05, 40), (1.1, 0.05, 40), (0.0, 1.0, 1), (0.9, 0.1, 10)]
+    assert unclaimed_history(history, _claims([(1.1, 0.05, 40)]), dataset="tof") == [(1.1, 0.05, 40), (0.9, 0.1, 10)]
+    assert unclaimed_history(history, [], dataset="other") == [(1.1, 0.05, 80), (0.9, 0.1, 10)]
+
+
+def test_claims_the_accountant_never_charged_are_refused() -> None:
+    with pytest.raises(AccountingError, match="did not charge in that order"):
+        unclaimed_history([(1.1, 0.05, 40)], _claims([(1.1, 0.05, 50)]), dataset="tof")
