@@ -391,12 +391,24 @@ def array_sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(canonical_array_bytes(arr)).hexdigest()
 
 
-def weights_sha256(weights: Mapping[str, np.ndarray]) -> str:
-    """Digest of a named set of arrays, independent of dict order (domain-separated per entry)."""
-    h = hashlib.sha256(b"anonfed-weights-v1\x00")
+def canonical_weights_bytes(weights: Mapping[str, np.ndarray]) -> bytes:
+    """One byte string for a named set of arrays, independent of dict order.
+
+    ``b"anonfed-weights-v1\\0"`` then, per name in sorted order: 4-byte big-endian length + UTF-8
+    name + 8-byte big-endian length + :func:`canonical_array_bytes`. The coordinator stores exactly
+    these bytes, so a ledger artifact hash names a file an auditor can re-hash.
+    """
+    parts = [b"anonfed-weights-v1\x00"]
     for name in sorted(weights):
-        h.update(name.encode("utf-8") + b"\x00" + bytes.fromhex(array_sha256(weights[name])))
-    return h.hexdigest()
+        raw = name.encode("utf-8")
+        data = canonical_array_bytes(weights[name])
+        parts += [len(raw).to_bytes(4, "big"), raw, len(data).to_bytes(8, "big"), data]
+    return b"".join(parts)
+
+
+def weights_sha256(weights: Mapping[str, np.ndarray]) -> str:
+    """sha256 (hex) of :func:`canonical_weights_bytes`."""
+    return hashlib.sha256(canonical_weights_bytes(weights)).hexdigest()
 
 
 # -- helpers ---------------------------------------------------------------------------------------

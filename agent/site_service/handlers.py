@@ -109,7 +109,7 @@ def handle_train(
         )
         pending = None
         if sign_claim is not None:
-            size = sum(len(m.canonical_array_bytes(a)) for a in out_weights.values())
+            size = len(m.canonical_weights_bytes(out_weights))
             pending = sign_claim(site, {**fields, "kind": "train", "unit": terms.unit.value,
                                         "dataset_id": ins.dataset_id, "size": size})
         reply = m.TrainReply(**fields, claim=pending.payload if pending else None)

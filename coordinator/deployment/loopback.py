@@ -97,11 +97,24 @@ class LoopbackFederation:
         log.debug("started %s (pid %d)", name, proc.pid)
         return child
 
-    def start_superlink(self, *, timeout_s: float = 60.0) -> int:
-        """Start the SuperLink with TLS, node authentication and a state database; return its port."""
+    def start_superlink(self, *, timeout_s: float = 60.0, simulation: bool = False) -> int:
+        """Start the SuperLink with TLS, node authentication and a state database; return its port.
+
+        With ``simulation`` it runs Flower's simulation runtime instead (virtual SuperNodes inside
+        the SuperLink's simulation process, plain HTTP on loopback, no node authentication needed).
+        """
         self.port = free_port()
         db = self.workdir / "superlink" / "state.db"
         db.parent.mkdir(parents=True, exist_ok=True)
+        if simulation:
+            self._spawn("superlink", [
+                tool("flower-superlink"), "--simulation", "--insecure", "--isolation", "subprocess",
+                "--database", str(db), "--disable-runtime-dependency-installation",
+                "--host", "127.0.0.1", "--port", str(self.port),
+            ])
+            self._write_connection(insecure=True)
+            self._wait_for_port(self.port, "superlink", timeout_s)
+            return self.port
         self._spawn("superlink", [
             tool("flower-superlink"),
             "--ssl-ca-certfile", str(self.pki.ca_cert),
@@ -117,11 +130,12 @@ class LoopbackFederation:
         self._wait_for_port(self.port, "superlink", timeout_s)
         return self.port
 
-    def _write_connection(self) -> None:
+    def _write_connection(self, *, insecure: bool = False) -> None:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        security = "insecure = true\n" if insecure else f'root-certificates = "{self.pki.ca_cert}"\n'
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.pki.ca_cert}"\n',
+            f'address = "127.0.0.1:{self.port}"\n{security}',
             encoding="utf-8",
         )
 
@@ -160,11 +174,23 @@ class LoopbackFederation:
         return subprocess.run([tool("flwr"), *args], env=self.env, cwd=self.workdir, capture_output=True,
                               text=True, timeout=timeout_s)
 
-    def run_app(self, app_dir: Path, run_config: Mapping[str, object], *, timeout_s: float) -> Child:
-        """``flwr run APP anonfed --stream`` with ``run_config`` overrides; returns the running child."""
+    def run_app(
+        self,
+        app_dir: Path,
+        run_config: Mapping[str, object],
+        *,
+        timeout_s: float,
+        federation_config: Mapping[str, object] | None = None,
+    ) -> Child:
+        """``flwr run APP anonfed --stream`` with ``run_config`` overrides; returns the running child.
+
+        ``federation_config`` (simulation only) sets e.g. ``num-supernodes``.
+        """
         overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
-        return self._spawn("flwr-run", [tool("flwr"), "run", str(app_dir), CONNECTION, "--stream",
-                                        "--run-config", overrides])
+        argv = [tool("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", overrides]
+        if federation_config:
+            argv += ["--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in federation_config.items())]
+        return self._spawn("flwr-run", argv)
 
     def alive(self, name: str) -> bool:
         return any(c.name == name and c.proc.poll() is None for c in self.children)

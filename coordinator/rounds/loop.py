@@ -129,14 +129,21 @@ def run_federation(
         timing.wait_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         updates = []
+        accepted = []
         for node in chosen:
             site = sites[node]
             reply = replies.get(node, Failure(node, "no reply"))
             update = _accept_train_reply(reply, node, site, rnd, weights, budget, on_claim, refusals, say)
             if update is not None:
                 updates.append(update)
+                accepted.append(reply)
                 trained_nodes.add(node)
         timing.checks_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if store is not None:  # released weights are kept content-addressed, as the ledger names them
+            for reply in accepted:
+                store.add_weights(dict(reply.arrays), claimed_sha256=reply.message.weights_sha256)  # type: ignore[union-attr]
+        timing.storage_s = time.perf_counter() - t0
         if not updates:
             say(f"round {rnd}: no site returned weights; the global model is unchanged")
             timing.wall_s = time.perf_counter() - t_round

@@ -3,6 +3,7 @@
 Layout under the store root::
 
     blobs/ab/abcdef....npy   the samples exactly as hashed (protocols.messages.canonical_array_bytes)
+    blobs/cd/cdef....weights site weights as hashed (protocols.messages.canonical_weights_bytes)
     index.sqlite             outputs(sha256, run_id, site, round, method, guarantee, count, ...)
 
 Invariants: a blob's name is the sha256 of its bytes (checked on arrival and by :meth:`verify`);
@@ -25,7 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from protocols.errors import BadInputError, IntegrityError
-from protocols.messages import array_sha256, canonical_array_bytes
+from protocols.messages import array_sha256, canonical_array_bytes, canonical_weights_bytes
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,23 @@ class SyntheticStore:
                 "INSERT OR IGNORE INTO outputs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", dataclasses.astuple(row)
             )
         return row, new_blob
+
+    def add_weights(self, weights: dict[str, np.ndarray], *, claimed_sha256: str) -> Path:
+        """Keep a site's released weights as ``blobs/ab/<sha256>.weights`` (canonical bytes), verified.
+
+        Raises
+        ------
+        IntegrityError
+            If the weights do not hash to ``claimed_sha256``.
+        """
+        data = canonical_weights_bytes(weights)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != claimed_sha256:
+            raise IntegrityError(f"weights hash {actual[:12]}... does not match the claimed {claimed_sha256[:12]}...")
+        path = self.root / "blobs" / actual[:2] / f"{actual}.weights"
+        if not path.is_file():
+            _atomic_write(path, data)
+        return path
 
     def entries(self, *, site: str | None = None) -> list[StoredOutput]:
         sql = "SELECT * FROM outputs" + (" WHERE site = ?" if site else "") + " ORDER BY site, round, sha256"
