@@ -138,14 +138,15 @@ def grow_vessel_tree(rng: np.random.Generator, *, fov_mm: np.ndarray, brain: Ell
         rise = int(rng.integers(5, 9))
         up = np.array([1.0, rng.normal(0, 0.3), rng.normal(0, 0.3)])
         tops.append(b.walk(entry, up, r, steps=rise, signal=1.0, curvature=0.3, taper=0.985, confine=False))
-    # Willis-like ring: thinner communicating segments between the trunk tops.
+    # Willis-like ring: thinner, gently curving communicating vessels between the trunk tops.
     for i in range(3):
         p, _, r, signal = tops[i]
         q, _, r2, _ = tops[(i + 1) % 3]
-        mid = (p + q) / 2 + rng.normal(0, 1.5, size=3)
         rc = 0.45 * min(r, r2)
-        b.add(p, mid, rc, rc, signal)
-        b.add(mid, q, rc, rc, signal)
+        bend = rng.normal(0, 0.12 * np.linalg.norm(q - p), size=3)
+        points = [p + f * (q - p) + np.sin(np.pi * f) * bend for f in np.linspace(0.0, 1.0, 6)]
+        for start, end in zip(points, points[1:]):
+            b.add(start, end, rc, rc, signal)
     # Main branches from each trunk top: outward, forward/backward and up, then recursive.
     for p, _, r, signal in tops:
         outward = p - c
