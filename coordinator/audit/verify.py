@@ -130,6 +130,13 @@ class AuditResult:
             for site in self.sites:
                 eps = ", ".join(f"{d} {e:.4g}" for d, e in sorted(per_site.get(site, {}).items())) or "no DP releases"
                 lines.append(f"OK: site {site}: {sum(r.site == site for r in self.rows)} entries; cumulative epsilon {eps}")
+            consortium: dict[str, float] = {}
+            for eps_by_dataset in per_site.values():
+                for d, e in eps_by_dataset.items():
+                    consortium[d] = max(consortium.get(d, 0.0), e)
+            if consortium:
+                figures = ", ".join(f"{d} {e:.4g}" for d, e in sorted(consortium.items()))
+                lines.append(f"OK: consortium epsilon (max over sites; sites hold disjoint patients): {figures}")
         else:
             first = self.first_error
             assert first is not None
