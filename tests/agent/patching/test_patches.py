@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.patching.head_mask import head_mask
 from agent.patching.patches import PatchSet, extract_patches, scale_to_unit_range
@@ -137,3 +139,16 @@ def test_patchset_rejects_inconsistent_arrays() -> None:
         PatchSet(images, np.array(["a", "b"]), np.array([0, 0], np.int64), ("a", "b"))
     with pytest.raises(ValueError, match="float32"):
         PatchSet(images.astype(np.float64), np.array(["a", "b"]), np.array([0, 1], np.int64), ("a", "b"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(2, 41), per_volume=st.integers(1, 9), fraction=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_any_size_gives_square_patches_centred_on_their_voxel(tiny_volumes: list[LabeledVolume], size: int,
+                                                              per_volume: int, fraction: float, seed: int) -> None:
+    volume = tiny_volumes[2]
+    ps = extract_patches([volume], size=size, per_volume=per_volume, vessel_fraction=fraction, rng=np.random.default_rng(seed))
+    assert ps.images.shape == (per_volume, 2, size, size)
+    assert ps.vessel_centred.sum() == round(per_volume * fraction)
+    scaled = scale_to_unit_range(volume.image)
+    for patch, (z, y, x) in zip(ps.images, ps.centres):
+        assert patch[0, size // 2, size // 2] == scaled[z, y, x]
