@@ -1,0 +1,77 @@
+"""End to end on a real SuperLink + 3 SuperNodes (TLS, node authentication) on loopback.
+
+One deployment (conftest) runs 2 DP-GAN rounds and a synthesize query; each test checks one claim.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.config import load_site_config
+from agent.training.local_round import current_epsilon
+from coordinator.store import SyntheticStore
+
+pytestmark = [pytest.mark.deployment]
+
+
+def test_two_rounds_complete_with_all_three_sites(deployment) -> None:
+    s = deployment.summary
+    assert s["rounds_completed"] == 2, s["stop_reason"]
+    assert sorted(s["sites"].values()) == ["hospital-a", "hospital-b", "hospital-c"]
+    assert [t["sites_trained"] for t in s["timings"][:2]] == [3, 3]
+    assert s["refusals"] == []
+    weights = np.load(deployment.output / "global_weights.npz")
+    assert any(k.startswith("generator.") for k in weights.files) and any(k.startswith("critic.") for k in weights.files)
+
+
+def test_synthetic_outputs_arrive_and_verify(deployment) -> None:
+    outputs = deployment.summary["outputs"]
+    assert sorted(o["site"] for o in outputs) == ["hospital-a", "hospital-b", "hospital-c"]
+    with SyntheticStore(deployment.output / "store") as store:
+        assert store.verify() == []
+        for entry in store.entries():
+            samples = store.load(entry.sha256)
+            assert samples.shape == (4, 2, 32, 32)
+            assert set(np.unique(samples[:, 1])) <= {0.0, 1.0}
+            assert entry.guarantee.endswith("-DP, unit patient")
+
+
+def test_coordinator_epsilon_equals_each_sites_own_accountant(deployment) -> None:
+    budget = deployment.summary["budget"]
+    for cfg_path in deployment.configs:
+        site = load_site_config(cfg_path)
+        own = current_epsilon(site, "tof")
+        assert own > 0
+        assert budget[site.site_id]["spent"] == pytest.approx(own, rel=1e-9, abs=1e-12)
+
+
+def test_unregistered_node_is_rejected(deployment) -> None:
+    assert len(deployment.summary["sites"]) == 3  # the intruder never became a node the coordinator saw
+    log = deployment.intruder_log.lower()
+    assert any(word in log for word in ("unauthenticated", "not registered", "permission", "denied", "401", "403")), (
+        deployment.intruder_log[-2000:]
+    )
+    # its ClientApp never ran: the intruder's state folder holds only its keys
+    assert not (deployment.root / "intruder-state" / "federation").exists()
+
+
+def test_ledger_verifies_independently(deployment) -> None:
+    ledger = deployment.output / "ledger" / "ledger.jsonl"
+    assert ledger.is_file()
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("anonfed")), "audit", "verify", str(ledger), "--keys",
+         str(deployment.keys / "public"), "--store", str(deployment.output / "store")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(ledger.read_text().splitlines()) == 3 * 2 + 3  # 2 training claims + 1 release per site
+
+
+def test_superlink_speaks_only_tls(deployment) -> None:
+    assert deployment.plain_http_error is not None  # plain HTTP is not served
+    assert deployment.https_status is not None  # HTTPS verified against the consortium CA is
