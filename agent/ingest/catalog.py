@@ -186,7 +186,7 @@ class Catalog:
             for key in path_keys:
                 c.execute("UPDATE files SET status='gone', series_key=NULL WHERE path_key=?", (key,))
                 c.execute("DELETE FROM instances WHERE file_key=?", (key,))
-                c.execute("DELETE FROM quarantine WHERE path_key=?", (key,))
+                c.execute("DELETE FROM quarantine WHERE path_key=? AND stage != 'scan'", (key,))
             c.execute(
                 "UPDATE series SET status='gone' WHERE status='ok' AND key NOT IN "
                 "(SELECT series_key FROM files WHERE series_key IS NOT NULL AND status='ok')"

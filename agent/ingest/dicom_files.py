@@ -125,6 +125,30 @@ def parse(data: bytes, *, with_pixels: bool) -> Dataset:
     return ds
 
 
+def slice_series_uid(data: bytes) -> str | None:
+    """Series UID if the bytes look like a slice of a single-frame series (cheap: no pixel data).
+
+    Used only to group files; the full checks run when the group is ingested.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=data[128:132] != b"DICM")
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        is_slice = (
+            frames == 1
+            and sop_class != SEG_SOP_CLASS
+            and not sop_class.startswith(SC_SOP_PREFIX)
+            and str(ds.get("Modality", "")).upper() != "OP"
+            and all(k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
+        )
+        uid = _text(ds, "SeriesInstanceUID")
+    except Exception:  # any parse problem: the file is ingested alone and quarantined there
+        return None
+    return uid if is_slice else None
+
+
 def header_of(ds: Dataset) -> DicomHeader:
     """Classify a parsed dataset and extract the fields the catalog needs.
 

@@ -32,7 +32,6 @@ from agent.config import SiteConfig
 from agent.ingest import dicom_files, nifti_files
 from agent.ingest.cache import ArrayCache
 from agent.ingest.catalog import Catalog, FileRow
-from agent.ingest.dicom_files import DicomRole
 from agent.ingest.nifti_files import ManifestRow
 from agent.ingest.pairing import Pairing, reset_pairing
 from agent.ingest.quarantine import Quarantined, Reason
@@ -249,12 +248,9 @@ def _reread(row: FileRow, secrets, catalog: Catalog, run_id: int) -> Member | No
 def _group_of(member: Member, secrets) -> str:
     """``s<series key>`` for a slice of a single-frame DICOM series, ``f<path key>`` otherwise."""
     if member.fmt is FileFormat.DICOM:
-        try:
-            header = dicom_files.header_of(dicom_files.parse(member.data, with_pixels=True))
-        except Quarantined:
-            return "f" + member.path_key
-        if header.role is DicomRole.SLICE and header.series_uid:
-            return series_group_key(secrets, header.series_uid)
+        series_uid = dicom_files.slice_series_uid(member.data)
+        if series_uid:
+            return series_group_key(secrets, series_uid)
     return "f" + member.path_key
 
 

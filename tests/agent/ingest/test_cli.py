@@ -13,7 +13,7 @@ import numpy as np
 
 from protocols.cli import main
 
-from conftest import mr_series, write_config
+from ingest_builders import mr_series, write_config
 
 
 def test_quarantine_lists_reason_path_and_detail(tmp_path, capsys) -> None:

@@ -16,7 +16,7 @@ from agent.ingest.catalog import Catalog
 from agent.ingest.datasets import load_fundus_images, load_labeled_volumes
 from agent.ingest.pipeline import run_ingest
 
-from conftest import mr_series, nifti, png, site_config
+from ingest_builders import mr_series, nifti, png, site_config
 
 N_SLICES = 5
 N_FILES = N_SLICES + 2 + 3 + 1  # slices, NIfTI pair, PNGs, grades CSV
@@ -145,3 +145,14 @@ def test_crash_mid_ingest_leaves_a_consistent_catalog_and_the_next_run_completes
     after = _state(cfg)
     assert run_ingest(cfg).files_parsed == 0 and _state(cfg) == after
     assert len(load_labeled_volumes(cfg)) == 1 and len(load_fundus_images(cfg)) == 3
+
+
+def test_file_that_grows_too_large_is_dropped_and_quarantined(tmp_path, rng) -> None:
+    cfg = _small_site(tmp_path, rng)
+    run_ingest(cfg)
+    big = tmp_path / "data" / "INC-0002_s1_tof.nii.gz"
+    with open(big, "r+b") as fh:
+        fh.truncate(cfg.ingest.max_file_bytes + 1)
+    report = run_ingest(cfg)
+    assert report.files_gone == 1 and report.quarantined_by_reason == {"file-too-large": 1, "orphan-label": 1}
+    assert load_labeled_volumes(cfg) == []

@@ -12,7 +12,7 @@ from agent.ingest.pipeline import run_ingest
 from agent.ingest.quarantine import Quarantined
 from agent.ingest.series_assembly import stack_order
 
-from conftest import mr_series, nifti, site_config
+from ingest_builders import mr_series, nifti, site_config
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
