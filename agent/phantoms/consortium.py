@@ -176,7 +176,7 @@ def write_consortium(out: Path, spec: ConsortiumSpec, *, progress: bool | None =
 def _write_site_config(out: Path, site_id: str) -> None:
     # Relative paths (resolved against the YAML's folder) keep the output relocatable.
     text = "\n".join([
-        f"# Phantom site config written by `anonfed phantoms`; paths are relative to this file.",
+        "# Phantom site config written by `anonfed phantoms`; paths are relative to this file.",
         f"site_id: {site_id}",
         "sources:",
         f"  - path: ../{site_id}",

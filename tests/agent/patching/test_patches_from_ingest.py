@@ -8,7 +8,6 @@ the two formats (DICOM MR + SEG, or NIfTI) carried it.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
