@@ -102,8 +102,7 @@ def _ledger_sink(paths: SessionPaths, say) -> Iterator[ClaimSink | None]:
 
         def on_claim(site: str, reply: m.WireMessage) -> None:
             signed = SignedClaim.from_bytes(reply.claim)  # type: ignore[attr-defined]
-            if signed.claim.site != site:
-                raise IntegrityError(f"claim names site {signed.claim.site} but came from {site}'s node")
+            check_claim_matches_reply(signed.claim, site, reply)
             if site not in site_keys:
                 raise IntegrityError(f"no public key for site {site} in the keys folder; enroll the site first")
             entry = ledger.append_site_claim(signed, site_keys[site])
@@ -111,6 +110,28 @@ def _ledger_sink(paths: SessionPaths, say) -> Iterator[ClaimSink | None]:
                 f"cumulative epsilon {signed.claim.cumulative_epsilon:.4g}")
 
         yield on_claim
+
+
+def check_claim_matches_reply(claim: object, site: str, reply: m.WireMessage) -> None:
+    """The signed claim must describe exactly this reply: site, run, round, artifact hash, epsilon.
+
+    Raises
+    ------
+    IntegrityError
+        Naming the first field that differs.
+    """
+    c = claim  # protocols.ledger.SiteClaim
+    digest = getattr(reply, "weights_sha256", None) or getattr(reply, "samples_sha256", None)
+    checks = [
+        ("site", c.site, site),  # type: ignore[attr-defined]
+        ("run_id", c.run_id, reply.run_id),  # type: ignore[attr-defined]
+        ("round", c.round, reply.round),  # type: ignore[attr-defined]
+        ("artifact sha256", sorted(a.sha256 for a in c.artifacts), [digest]),  # type: ignore[attr-defined]
+        ("cumulative epsilon", round(float(c.cumulative_epsilon), 9), round(float(reply.epsilon_cumulative), 9)),  # type: ignore[attr-defined]
+    ]
+    for name, in_claim, in_reply in checks:
+        if in_claim != in_reply:
+            raise IntegrityError(f"the signed claim's {name} ({in_claim}) differs from the reply's ({in_reply}) from {site}")
 
 
 def _progress_writer(path: Path):
