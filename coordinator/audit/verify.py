@@ -169,6 +169,8 @@ def audit(
         If the ledger cannot be read or the coordinator key is missing (nothing can be checked).
     """
     ledger_path = Path(ledger_path)
+    if not ledger_path.is_file():
+        raise BadInputError(f"ledger {ledger_path} does not exist or is not a file")
     if COORDINATOR_KEY_NAME not in keys:
         raise BadInputError(f"the key folder needs {COORDINATOR_KEY_NAME}.pub (export it with `anonfed keys export`)")
     coord_key = keys[COORDINATOR_KEY_NAME]

@@ -132,3 +132,8 @@ def test_report_without_keys_is_marked_unverified(ledger, tmp_path) -> None:
     out = tmp_path / "report.html"
     assert cli.main(["audit", "report", str(ledger), "-o", str(out)]) == 0
     assert "NOT VERIFIED" in out.read_text(encoding="utf-8")
+
+
+def test_verify_of_a_missing_ledger_is_bad_input(tmp_path, key_dir, capsys) -> None:
+    assert cli.main(["audit", "verify", str(tmp_path / "nope.jsonl"), "--keys", str(key_dir)]) == 2
+    assert "does not exist" in capsys.readouterr().err
