@@ -1,7 +1,7 @@
 """Read one DICOM file: classify it, and decode its pixels with the installed codecs.
 
-Files are parsed from bytes already read (the pipeline reads each file once, hashes the bytes
-and parses them here), so the original is opened only read-only and only once.
+Files are parsed from bytes already read (the pipeline opens each file read-only, hashes the
+bytes and parses them here), so no DICOM library ever holds a handle on an original.
 
 Classification (:class:`DicomRole`):
 

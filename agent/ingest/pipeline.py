@@ -5,10 +5,11 @@ Steps of one run:
 1. **Scan** (:mod:`agent.ingest.scanner`): walk the sources, quarantine loops, empty, oversized
    and unreadable entries.
 2. **Detect changes**: a file whose (size, mtime_ns) match the catalog is skipped without being
-   opened. Otherwise it is read once (read-only), hashed (sha256) and, if the hash matches, only
-   its stat is updated. New or modified files are sniffed and grouped (all slices of a DICOM
-   series form one group); files missing from disk are marked ``gone``.
-3. **Ingest groups** (:mod:`agent.ingest.units`): every group touched by a change is decoded,
+   opened. Otherwise it is read (read-only), hashed (sha256) and, if the hash matches, only its
+   stat is updated. New or modified files are sniffed and grouped (all slices of a DICOM series
+   form one group), then their bytes are dropped; files missing from disk are marked ``gone``.
+3. **Ingest groups** (:mod:`agent.ingest.units`): every group touched by a change is read again
+   (so memory holds one group at a time; the hash stored is that of the bytes decoded), decoded,
    checked and cached, then written in **one transaction**. Failures become quarantine entries;
    the run continues.
 4. **Pair** (:mod:`agent.ingest.pairing`): SEG and NIfTI labels, fundus grades.
@@ -23,8 +24,8 @@ import hashlib
 import logging
 import os
 import time
-from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -34,8 +35,9 @@ from agent.ingest.cache import ArrayCache
 from agent.ingest.catalog import Catalog, FileRow
 from agent.ingest.nifti_files import ManifestRow
 from agent.ingest.pairing import Pairing, reset_pairing
+from agent.ingest.pseudonym import SiteSecrets
 from agent.ingest.quarantine import Quarantined, Reason
-from agent.ingest.scanner import HEAD_BYTES, FileFormat, scan_sources, sniff_format
+from agent.ingest.scanner import HEAD_BYTES, FileFormat, FoundFile, ScanProblem, scan_sources, sniff_format
 from agent.ingest.units import Member, Outcome, UnitContext, ingest_dicom_series, ingest_single_file, series_group_key
 
 log = logging.getLogger(__name__)
@@ -83,59 +85,17 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
     cache = ArrayCache(cfg.state.cache)
     with dicom_files.quiet_pydicom(), Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
         run_id = catalog.begin_run()
-        secrets = catalog.secrets
         manifests, config_csvs = _load_config_tables(cfg)
-        labels = {row.label for rows in manifests.values() for row in rows if row.label is not None}
-        ctx = UnitContext(secrets, cache, config_csvs, _pair_token_fn(secrets, manifests), _manifest_patient_fn(manifests),
-                          lambda path: path.resolve() in labels)
+        ctx = _unit_context(catalog.secrets, cache, manifests, config_csvs)
 
         scan = scan_sources(cfg.sources, cfg.ingest, exclude=cfg.state.root)
         report.files_scanned = len(scan.files)
         log.info("scanned %d files (%d walk problems)", len(scan.files), len(scan.problems))
         _record_scan_problems(catalog, scan.problems, run_id)
 
-        known = catalog.file_rows()
-        changed: dict[str, Member] = {}
-        groups: dict[str, set[str]] = {}
-        unchanged: list[str] = []
-        live_keys: set[str] = set()
-        for found in tqdm(scan.files, desc="checking", unit="file", disable=not progress):
-            key = secrets.path_key(found.path)
-            live_keys.add(key)
-            row = known.get(key)
-            if row is not None and row.status != "gone" and (row.size, row.mtime_ns) == (found.size, found.mtime_ns):
-                unchanged.append(key)
-                continue
-            member = _read_member(found.path, key, secrets, catalog, run_id)
-            if member is None:
-                continue
-            if row is not None and row.status != "gone" and row.content_hash == member.content_hash:
-                catalog.update_stat(key, member.size, member.mtime_ns, run_id)
-                report.files_rehashed += 1
-                continue
-            changed[key] = member
-            group = _group_of(member, secrets)
-            groups.setdefault(group, set()).add(key)
-            if row is not None and row.group_key and row.group_key != group:
-                groups.setdefault(row.group_key, set())
-        report.files_unchanged = len(unchanged) + report.files_rehashed
-        catalog.touch(unchanged, run_id)
-
-        gone = [k for k, r in known.items() if r.status != "gone" and k not in live_keys]
-        for key in gone:
-            if known[key].group_key:
-                groups.setdefault(known[key].group_key, set())
-        catalog.mark_gone(gone)
-        report.files_gone = len(gone)
-
+        changed, groups = _detect_changes(catalog, scan.files, report, run_id, progress)
         for group, keys in tqdm(sorted(groups.items()), desc="ingesting", unit="group", disable=not progress):
-            members = [changed[k] for k in sorted(keys)]
-            if group.startswith("s"):
-                for row in catalog.files_in_groups({group}):
-                    if row.path_key not in changed:
-                        extra = _reread(row, secrets, catalog, run_id)
-                        if extra is not None:
-                            members.append(extra)
+            members = _group_members(catalog, group, [changed[k] for k in sorted(keys)], run_id)
             if not members:
                 continue
             report.files_parsed += len(members)
@@ -147,7 +107,7 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
         reset_pairing(catalog)
         pairing = Pairing(catalog, cache, run_id)
         pairing.pair_segs()
-        pairing.pair_nifti([r for rows in manifests.values() for r in rows], _path_keys_of(manifests, secrets))
+        pairing.pair_nifti([r for rows in manifests.values() for r in rows], _path_keys_of(manifests, catalog.secrets))
         pairing.apply_grades([s.fundus_grades_csv for s in cfg.sources if s.fundus_grades_csv is not None])
         pairing.write()
         report.label_volumes_built = pairing.label_volumes_built
@@ -158,6 +118,70 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
     log.info("ingest done: %d parsed, %d unchanged, %d quarantined in total",
              report.files_parsed, report.files_unchanged, sum(report.quarantined_by_reason.values()))
     return report
+
+
+def _detect_changes(
+    catalog: Catalog, found_files: list[FoundFile], report: IngestReport, run_id: int, progress: bool
+) -> tuple[dict[str, Member], dict[str, set[str]]]:
+    """New or modified files (bytes dropped after hashing) and the groups that must be re-ingested.
+
+    Marks vanished files ``gone`` and adds their groups (a series that lost a slice is rebuilt).
+    """
+    secrets = catalog.secrets
+    known = catalog.file_rows()
+    changed: dict[str, Member] = {}
+    groups: dict[str, set[str]] = {}
+    unchanged: list[str] = []
+    live_keys: set[str] = set()
+    for found in tqdm(found_files, desc="checking", unit="file", disable=not progress):
+        key = secrets.path_key(found.path)
+        live_keys.add(key)
+        row = known.get(key)
+        if row is not None and row.status != "gone" and (row.size, row.mtime_ns) == (found.size, found.mtime_ns):
+            unchanged.append(key)
+            continue
+        member = _read_member(found.path, key, secrets, catalog, run_id)
+        if member is None:
+            continue
+        if row is not None and row.status != "gone" and row.content_hash == member.content_hash:
+            catalog.update_stat(key, member.size, member.mtime_ns, run_id)
+            report.files_rehashed += 1
+            continue
+        group = _group_of(member, secrets)
+        member.data = b""  # re-read when its group is ingested: memory stays bounded by one group
+        changed[key] = member
+        groups.setdefault(group, set()).add(key)
+        if row is not None and row.group_key and row.group_key != group:
+            groups.setdefault(row.group_key, set())
+    report.files_unchanged = len(unchanged) + report.files_rehashed
+    catalog.touch(unchanged, run_id)
+    gone = [k for k, r in known.items() if r.status != "gone" and k not in live_keys]
+    for key in gone:
+        if known[key].group_key:
+            groups.setdefault(known[key].group_key, set())
+    catalog.mark_gone(gone)
+    report.files_gone = len(gone)
+    return changed, groups
+
+
+def _group_members(catalog: Catalog, group: str, changed: list[Member], run_id: int) -> list[Member]:
+    """Read every current file of a group: the changed ones, and for a series its unchanged slices."""
+    members = [m for m in (_read_member(c.path, c.path_key, catalog.secrets, catalog, run_id) for c in changed) if m]
+    if group.startswith("s"):
+        done = {c.path_key for c in changed}
+        for row in catalog.files_in_groups({group}):
+            if row.path_key not in done:
+                extra = _reread(row, catalog.secrets, catalog, run_id)
+                if extra is not None:
+                    members.append(extra)
+    return members
+
+
+def _unit_context(secrets: SiteSecrets, cache: ArrayCache, manifests: dict[Path, list[ManifestRow]],
+                  config_csvs: dict[Path, str]) -> UnitContext:
+    labels = {row.label for rows in manifests.values() for row in rows if row.label is not None}
+    return UnitContext(secrets, cache, config_csvs, _pair_token_fn(secrets, manifests), _manifest_patient_fn(manifests),
+                       lambda path: path.resolve() in labels)
 
 
 def _load_config_tables(cfg: SiteConfig) -> tuple[dict[Path, list[ManifestRow]], dict[Path, str]]:
@@ -177,7 +201,7 @@ def _load_config_tables(cfg: SiteConfig) -> tuple[dict[Path, list[ManifestRow]],
     return manifests, csvs
 
 
-def _pair_token_fn(secrets, manifests: dict[Path, list[ManifestRow]]):
+def _pair_token_fn(secrets: SiteSecrets, manifests: dict[Path, list[ManifestRow]]) -> Callable[[Path], str]:
     by_file: dict[Path, Path] = {}
     for rows in manifests.values():
         for row in rows:
@@ -195,7 +219,7 @@ def _pair_token_fn(secrets, manifests: dict[Path, list[ManifestRow]]):
     return token
 
 
-def _manifest_patient_fn(manifests: dict[Path, list[ManifestRow]]):
+def _manifest_patient_fn(manifests: dict[Path, list[ManifestRow]]) -> Callable[[Path], str | None]:
     patients: dict[Path, str] = {}
     for rows in manifests.values():
         for row in rows:
@@ -206,11 +230,11 @@ def _manifest_patient_fn(manifests: dict[Path, list[ManifestRow]]):
     return lambda path: patients.get(path.resolve())
 
 
-def _path_keys_of(manifests: dict[Path, list[ManifestRow]], secrets) -> dict[Path, str]:
+def _path_keys_of(manifests: dict[Path, list[ManifestRow]], secrets: SiteSecrets) -> dict[Path, str]:
     return {row.image: secrets.path_key(row.image) for rows in manifests.values() for row in rows}
 
 
-def _record_scan_problems(catalog: Catalog, problems, run_id: int) -> None:
+def _record_scan_problems(catalog: Catalog, problems: list[ScanProblem], run_id: int) -> None:
     secrets = catalog.secrets
     with catalog.transaction() as c:
         catalog.clear_quarantine(c, stage="scan")
@@ -222,9 +246,9 @@ def _record_scan_problems(catalog: Catalog, problems, run_id: int) -> None:
         log.warning("quarantined while scanning: %s", p.reason.value)
 
 
-def _read_member(path: Path, key: str, secrets, catalog: Catalog, run_id: int) -> Member | None:
+def _read_member(path: Path, key: str, secrets: SiteSecrets, catalog: Catalog, run_id: int) -> Member | None:
     try:
-        with open(path, "rb") as fh:  # read-only, once: the bytes are hashed and parsed from memory
+        with open(path, "rb") as fh:  # read-only; the bytes are hashed and parsed from memory
             st = os.fstat(fh.fileno())
             data = fh.read()
     except OSError as exc:
@@ -238,14 +262,14 @@ def _read_member(path: Path, key: str, secrets, catalog: Catalog, run_id: int) -
     return Member(path, key, len(data), st.st_mtime_ns, hashlib.sha256(data).hexdigest(), fmt, data)
 
 
-def _reread(row: FileRow, secrets, catalog: Catalog, run_id: int) -> Member | None:
+def _reread(row: FileRow, secrets: SiteSecrets, catalog: Catalog, run_id: int) -> Member | None:
     path = secrets.decrypt_path(row.path_enc)
     if not path.is_file():
         return None
     return _read_member(path, row.path_key, secrets, catalog, run_id)
 
 
-def _group_of(member: Member, secrets) -> str:
+def _group_of(member: Member, secrets: SiteSecrets) -> str:
     """``s<series key>`` for a slice of a single-frame DICOM series, ``f<path key>`` otherwise."""
     if member.fmt is FileFormat.DICOM:
         series_uid = dicom_files.slice_series_uid(member.data)
