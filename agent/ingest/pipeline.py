@@ -79,7 +79,27 @@ class IngestReport:
 
 
 def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
-    """Build or update the site catalog from ``cfg.sources`` (see the module docstring)."""
+    """Build or update the site catalog from ``cfg.sources`` (see the module docstring).
+
+    Parameters
+    ----------
+    cfg
+        The validated site configuration (sources, state paths, ingest limits).
+    progress
+        Show tqdm progress bars over files and groups (only when stderr is a terminal); the
+        run is logged either way.
+
+    Returns
+    -------
+    IngestReport
+        This run's work and the catalog totals; ``describe()`` renders it for the CLI.
+
+    Raises
+    ------
+    IntegrityError
+        If the catalog has an unknown schema version, or does not belong to ``state/keys``.
+        Bad *inputs* never raise: they are quarantined and the run goes on.
+    """
     started = time.perf_counter()
     report = IngestReport()
     cache = ArrayCache(cfg.state.cache)
@@ -94,7 +114,7 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
         _record_scan_problems(catalog, scan.problems, run_id)
 
         changed, groups = _detect_changes(catalog, scan.files, report, run_id, progress)
-        for group, keys in tqdm(sorted(groups.items()), desc="ingesting", unit="group", disable=not progress):
+        for group, keys in tqdm(sorted(groups.items()), desc="ingesting", unit="group", disable=None if progress else True):
             members = _group_members(catalog, group, [changed[k] for k in sorted(keys)], run_id)
             if not members:
                 continue
@@ -133,7 +153,7 @@ def _detect_changes(
     groups: dict[str, set[str]] = {}
     unchanged: list[str] = []
     live_keys: set[str] = set()
-    for found in tqdm(found_files, desc="checking", unit="file", disable=not progress):
+    for found in tqdm(found_files, desc="checking", unit="file", disable=None if progress else True):
         key = secrets.path_key(found.path)
         live_keys.add(key)
         row = known.get(key)
