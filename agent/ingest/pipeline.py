@@ -19,13 +19,15 @@ Nothing identifying is logged: only counts, reason codes and key prefixes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -103,7 +105,8 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
     started = time.perf_counter()
     report = IngestReport()
     cache = ArrayCache(cfg.state.cache)
-    with dicom_files.quiet_pydicom(), Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
+    with _exclusive_run(cfg.state.root), dicom_files.quiet_pydicom(), \
+            Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
         run_id = catalog.begin_run()
         manifests, config_csvs = _load_config_tables(cfg)
         ctx = _unit_context(catalog.secrets, cache, manifests, config_csvs)
@@ -138,6 +141,22 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
     log.info("ingest done: %d parsed, %d unchanged, %d quarantined in total",
              report.files_parsed, report.files_unchanged, sum(report.quarantined_by_reason.values()))
     return report
+
+
+@contextlib.contextmanager
+def _exclusive_run(state_root: Path) -> Iterator[None]:
+    """One ingest at a time per site: a second run waits (it would only redo the same work)."""
+    state_root.mkdir(parents=True, exist_ok=True)
+    with open(state_root / "ingest.lock", "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another ingest of this site is running; waiting for it to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _detect_changes(

@@ -156,3 +156,20 @@ def test_file_that_grows_too_large_is_dropped_and_quarantined(tmp_path, rng) -> 
     report = run_ingest(cfg)
     assert report.files_gone == 1 and report.quarantined_by_reason == {"file-too-large": 1, "orphan-label": 1}
     assert load_labeled_volumes(cfg) == []
+
+
+def test_a_second_concurrent_run_waits_for_the_first(tmp_path, rng) -> None:
+    import fcntl
+    import threading
+
+    cfg = _small_site(tmp_path, rng)
+    cfg.state.root.mkdir(parents=True)
+    finished = threading.Event()
+    with open(cfg.state.root / "ingest.lock", "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=lambda: (run_ingest(cfg), finished.set()))
+        worker.start()
+        assert not finished.wait(0.5)  # blocked while another run holds the lock
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(timeout=60)
+    assert finished.is_set()
