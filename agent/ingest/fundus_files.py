@@ -98,7 +98,8 @@ def read_grades(path: Path) -> tuple[dict[Path, GradeRow], list[BadGradeRow]]:
             except ValueError:
                 grade = -1
             if grade not in GRADES or str(grade) != grade_text.lstrip("+"):
-                bad.append(BadGradeRow(image, Reason.BAD_GRADE, f"CSV line {line}: grade {scrub(grade_text)[:12]!r} is not an integer 0-4"))
+                # the value itself is not echoed: a shifted column could put an identifier there
+                bad.append(BadGradeRow(image, Reason.BAD_GRADE, f"CSV line {line}: grade is not an integer 0-4"))
                 continue
             if not image.is_file():
                 bad.append(BadGradeRow(image, Reason.ORPHAN_LABEL, f"CSV line {line}: graded image file does not exist"))

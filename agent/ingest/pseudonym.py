@@ -9,6 +9,11 @@ often contain MRNs: the catalog stores them encrypted (AES-256-GCM with a second
 looks them up by ``HMAC(secret, "path\\0" + path)``. Losing ``state/keys`` therefore means a
 fresh catalog (new pseudonyms), never a leak.
 
+Which real identifier is keyed: DICOM PatientID; for an anonymised DICOM study without one, its
+StudyInstanceUID (each such study then counts as its own patient, which a site must know when it
+relies on patient-level DP); for NIfTI and PNG/JPEG files, the naming rule or the CSV column (see
+:mod:`agent.ingest.nifti_files` and :mod:`agent.ingest.fundus_files`).
+
 Keys are 32 random bytes created on first use in ``state/keys/`` (``pseudonym.key``,
 ``path.key``), written atomically with mode 0600. A different site secret gives different keys,
 so pseudonyms cannot be linked across sites.
