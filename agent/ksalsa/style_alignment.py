@@ -1,0 +1,212 @@
+"""k-SALSA local style alignment: optimise a group's W+ code from its centroid (Jeon et al. 2022).
+
+Only the W+ code is optimised (generator and feature network frozen), for ``steps`` Adam steps
+(lr 0.1, linear warm-up over the first 5 %, cosine ramp-down over the last 25 %), on
+
+    loss = content_weight * content + style_weight * style
+
+* content: mean over the group's members of ``1 - cosine`` between the deep features of the
+  output and of the member's reconstruction ``G(w_i)``;
+* style: for each member, the early-layer feature map is cut into a ``grid x grid`` array of
+  patches; every source patch is matched to the most cosine-similar patch of the output and the
+  squared Frobenius distance of their Gram matrices is averaged.
+
+Members are weighted so every patient counts equally (see :mod:`agent.ksalsa.baselines`).
+
+Substitution (documented in the benchmark report): the paper used MoCo-v2 ResNet-50 for content
+and VGG19 conv1_2 for style; no installable package ships those weights, so the default is the
+bundled EfficientNet-Lite0 with its deepest map for content and its first (stride-2) map for style.
+A site holding VGG19 weights passes ``load_feature_extractor("vgg19", weights_path=...)`` whose
+first map is relu1_2.
+
+The targets (members' reconstructions and their features) are computed once per group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agent.inversion.invert import OptimisationSettings, learning_rate, synthesize
+from agent.stylegan.generator import Generator
+from protocols.errors import BadInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignmentSettings:
+    """Optimisation and loss settings; defaults are the published ones."""
+
+    steps: int = 100  # Adam steps on the W+ code
+    lr: float = 0.1  # peak learning rate
+    warmup: float = 0.05  # fraction of steps with linear warm-up
+    rampdown: float = 0.25  # fraction of steps with cosine ramp-down to zero
+    content_weight: float = 1e2  # w_c
+    style_weight: float = 1e-6  # w_s (Grams are unnormalised sums over a patch, as in the paper)
+    grid: int = 4  # style patches per side
+    content_layer: int = -1  # index into the extractor's list of maps: deepest
+    style_layer: int = 0  # earliest map
+    feature_size: int | None = None  # resize images to this edge before the feature network (None: as is)
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.lr <= 0 or self.grid < 1:
+            raise BadInputError(f"alignment settings: need steps >= 0, lr > 0, grid >= 1; got {self}")
+
+    def schedule(self) -> OptimisationSettings:
+        return OptimisationSettings(steps=self.steps, lr=self.lr, warmup=self.warmup, rampdown=self.rampdown)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupTargets:
+    """Everything the loss needs from a group's members, computed once."""
+
+    content: torch.Tensor  # (M, Dc) unit-normalised deep features of the reconstructions
+    patch_keys: torch.Tensor  # (M, P, Dp) unit-normalised flattened early-layer patches
+    grams: torch.Tensor  # (M, P, C, C) Gram matrix of each patch
+    weights: torch.Tensor  # (M,) member weights summing to 1
+
+
+@dataclasses.dataclass
+class StepTimes:
+    """Seconds spent per part of the alignment steps (totals over all steps)."""
+
+    generator: float = 0.0  # synthesis forward + backward
+    features: float = 0.0  # feature network forward + backward, and the loss
+    optimiser: float = 0.0
+    steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignmentResult:
+    ws: torch.Tensor  # (1, num_ws, w_dim) aligned code, detached
+    image: torch.Tensor  # (1, 3, R, R) its image, detached
+    losses: tuple[float, ...]  # total loss before each step
+    times: StepTimes
+
+
+class AlignmentFeatures:
+    """The content and style maps of a frozen extractor (one forward pass gives both)."""
+
+    def __init__(self, extractor: nn.Module, settings: AlignmentSettings) -> None:
+        self.extractor = extractor.eval().requires_grad_(False)
+        self.settings = settings
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.settings.feature_size
+        if size is not None and images.shape[-1] != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        maps = self.extractor(images)
+        return maps[self.settings.content_layer], maps[self.settings.style_layer]
+
+
+def _patches(style_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, grid*grid, C, (H/grid)*(W/grid)); H and W are cropped to a multiple of grid."""
+    b, c, h, w = style_map.shape
+    ph, pw = h // grid, w // grid
+    if ph == 0 or pw == 0:
+        raise BadInputError(f"style map {h}x{w} is smaller than the {grid}x{grid} patch grid; use feature_size")
+    x = style_map[:, :, : ph * grid, : pw * grid].reshape(b, c, grid, ph, grid, pw)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, grid * grid, c, ph * pw)
+
+
+def _grams_and_keys(style_map: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    p = _patches(style_map, grid)
+    grams = p @ p.transpose(-1, -2)  # (B, P, C, C)
+    keys = F.normalize(p.flatten(2), dim=-1)  # (B, P, C*h*w) for cosine matching
+    return grams, keys
+
+
+def group_targets(G: Generator, member_ws: torch.Tensor, weights: Sequence[float], features: AlignmentFeatures
+                  ) -> GroupTargets:
+    """Reconstruct the members and compute their content and style targets (no gradients)."""
+    if member_ws.ndim != 3 or member_ws.shape[0] != len(weights):
+        raise BadInputError(f"member_ws: expected (M, num_ws, w_dim) for {len(weights)} members, got {tuple(member_ws.shape)}")
+    with torch.no_grad():
+        recon = synthesize(G, member_ws)
+        content, style = features(recon)
+        grams, keys = _grams_and_keys(style, features.settings.grid)
+    w = torch.as_tensor(list(weights), dtype=recon.dtype, device=recon.device)
+    return GroupTargets(F.normalize(content.flatten(1), dim=-1), keys, grams, w / w.sum())
+
+
+def alignment_loss(image: torch.Tensor, targets: GroupTargets, features: AlignmentFeatures
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, content, style) for one synthetic image (1, 3, R, R)."""
+    s = features.settings
+    content_map, style_map = features(image)
+    out = F.normalize(content_map.flatten(1), dim=-1)  # (1, Dc)
+    content = ((1.0 - (targets.content * out).sum(dim=-1)) * targets.weights).sum()
+    grams, keys = _grams_and_keys(style_map, s.grid)  # (1, P, C, C), (1, P, Dp)
+    # Match each source patch to its most similar synthetic patch (the argmax carries no gradient).
+    similarity = targets.patch_keys @ keys[0].T  # (M, P_src, P_syn)
+    best = similarity.argmax(dim=-1)  # (M, P_src)
+    matched = grams[0][best]  # (M, P_src, C, C)
+    per_member = (matched - targets.grams).square().sum(dim=(-1, -2)).mean(dim=-1)  # (M,)
+    style = (per_member * targets.weights).sum()
+    return s.content_weight * content + s.style_weight * style, content, style
+
+
+def align_group(G: Generator, member_ws: torch.Tensor, weights: Sequence[float], features: AlignmentFeatures,
+                *, start: torch.Tensor | None = None) -> AlignmentResult:
+    """Optimise the group's W+ code from ``start`` (default: the weighted centroid of ``member_ws``).
+
+    Runs on the device of ``member_ws`` (CUDA or CPU); generator and extractor must be there too.
+    The generator is frozen for the duration and restored afterwards.
+
+    Raises
+    ------
+    BadInputError
+        If the codes do not fit the generator or the feature maps are too small for the grid.
+    """
+    s = features.settings
+    if member_ws.shape[1:] != (G.num_ws, G.cfg.w_dim):
+        raise BadInputError(f"member_ws: expected (M, {G.num_ws}, {G.cfg.w_dim}), got {tuple(member_ws.shape)}")
+    grad_state = [p.requires_grad for p in G.parameters()]
+    G.requires_grad_(False)
+    try:
+        targets = group_targets(G, member_ws, weights, features)
+        if start is None:
+            start = (member_ws * targets.weights.view(-1, 1, 1)).sum(dim=0, keepdim=True)
+        ws = start.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([ws], lr=s.lr, betas=(0.9, 0.999))
+        schedule = s.schedule()
+        times = StepTimes()
+        losses = []
+        for step in range(s.steps):
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, schedule)
+            t0 = _now(ws)
+            image = synthesize(G, ws)
+            t1 = _now(ws)
+            # Split the backward pass at the image so generator and feature costs are timed apart;
+            # the gradient is identical to one joint backward.
+            image_leaf = image.detach().requires_grad_(True)
+            loss, _, _ = alignment_loss(image_leaf, targets, features)
+            loss.backward()
+            t2 = _now(ws)
+            opt.zero_grad(set_to_none=True)
+            image.backward(image_leaf.grad)
+            t3 = _now(ws)
+            opt.step()
+            t4 = _now(ws)
+            times.generator += (t1 - t0) + (t3 - t2)
+            times.features += t2 - t1
+            times.optimiser += t4 - t3
+            times.steps += 1
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            final = synthesize(G, ws.detach())
+    finally:
+        for p, flag in zip(G.parameters(), grad_state):
+            p.requires_grad_(flag)
+    return AlignmentResult(ws.detach(), final, tuple(losses), times)
+
+
+def _now(t: torch.Tensor) -> float:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+    return time.perf_counter()

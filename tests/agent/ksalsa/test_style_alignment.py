@@ -1,0 +1,85 @@
+"""Local style alignment: the loss falls, targets are computed once, only the W+ code moves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from agent.ksalsa.style_alignment import AlignmentFeatures, AlignmentSettings, align_group, alignment_loss, group_targets
+from protocols.errors import BadInputError
+
+
+class CountingExtractor(nn.Module):
+    """Wraps a feature network and records the batch size of every call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        self.batches.append(images.shape[0])
+        return self.inner(images)
+
+
+def test_loss_decreases_and_targets_are_computed_once(tiny_generator: nn.Module, lite0: nn.Module,
+                                                      member_codes: torch.Tensor) -> None:
+    counting = CountingExtractor(lite0)
+    settings = AlignmentSettings(steps=30, style_weight=1e-2)
+    before = [p.detach().clone() for p in tiny_generator.parameters()]
+    result = align_group(tiny_generator, member_codes, [0.2] * 5, AlignmentFeatures(counting, settings))
+    assert len(result.losses) == 30
+    assert min(result.losses[-5:]) < 0.8 * result.losses[0]
+    # One call on the 5 members (targets), then one call on the single output per step.
+    assert counting.batches == [5] + [1] * 30
+    assert result.ws.shape == (1, *member_codes.shape[1:])
+    assert result.image.shape == (1, 3, 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_generator.parameters()))
+    assert all(p.grad is None for p in tiny_generator.parameters())
+    assert result.times.steps == 30 and result.times.generator > 0 and result.times.features > 0
+
+
+def test_alignment_moves_the_output_towards_the_members(tiny_generator: nn.Module, lite0: nn.Module,
+                                                        member_codes: torch.Tensor) -> None:
+    features = AlignmentFeatures(lite0, AlignmentSettings(steps=25))
+    targets = group_targets(tiny_generator, member_codes, [0.2] * 5, features)
+    centroid = member_codes.mean(dim=0, keepdim=True)
+    with torch.no_grad():
+        start_content = alignment_loss(tiny_generator.synthesis(centroid), targets, features)[1]
+    result = align_group(tiny_generator, member_codes, [0.2] * 5, features)
+    with torch.no_grad():
+        end_content = alignment_loss(result.image, targets, features)[1]
+    assert end_content < start_content
+
+
+def test_style_term_is_zero_for_an_identical_image(tiny_generator: nn.Module, lite0: nn.Module,
+                                                   member_codes: torch.Tensor) -> None:
+    features = AlignmentFeatures(lite0, AlignmentSettings())
+    one = member_codes[:1]
+    targets = group_targets(tiny_generator, one, [1.0], features)
+    with torch.no_grad():
+        _, content, style = alignment_loss(tiny_generator.synthesis(one), targets, features)
+    assert float(content) == pytest.approx(0.0, abs=1e-5)
+    assert float(style) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_codes_that_do_not_fit_the_generator_are_refused(tiny_generator: nn.Module, lite0: nn.Module) -> None:
+    features = AlignmentFeatures(lite0, AlignmentSettings(steps=1))
+    with pytest.raises(BadInputError, match="member_ws: expected"):
+        align_group(tiny_generator, torch.zeros(2, 3, 32), [0.5, 0.5], features)
+
+
+def test_a_grid_finer_than_the_style_map_is_refused(tiny_generator: nn.Module, lite0: nn.Module,
+                                                    member_codes: torch.Tensor) -> None:
+    features = AlignmentFeatures(lite0, AlignmentSettings(steps=1, grid=32))
+    with pytest.raises(BadInputError, match="smaller than the 32x32 patch grid"):
+        align_group(tiny_generator, member_codes, [0.2] * 5, features)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda(tiny_generator: nn.Module, lite0: nn.Module, member_codes: torch.Tensor) -> None:
+    G = tiny_generator.cuda()
+    features = AlignmentFeatures(lite0.cuda(), AlignmentSettings(steps=3))
+    result = align_group(G, member_codes.cuda(), [0.2] * 5, features)
+    assert result.ws.is_cuda
