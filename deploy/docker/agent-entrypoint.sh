@@ -68,7 +68,9 @@ case "$cmd" in
   sync-loop)
     need_config
     interval=${PACS_SYNC_INTERVAL:-3600}
-    [[ "$interval" =~ ^[0-9]+$ ]] && [ "$interval" -ge 10 ] || die "PACS_SYNC_INTERVAL must be an integer >= 10 seconds, got '$interval'"
+    if ! [[ "$interval" =~ ^[0-9]+$ ]] || [ "$interval" -lt 10 ]; then
+      die "PACS_SYNC_INTERVAL must be an integer >= 10 seconds, got '$interval'"
+    fi
     if [ "${ANONFED_DRY_RUN:-0}" = 1 ]; then
       run anonfed pacs sync --config "$CONFIG"
       exit 0
