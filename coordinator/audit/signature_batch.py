@@ -1,8 +1,11 @@
-"""Check many Ed25519 signatures, optionally across worker processes.
+"""Check many Ed25519 signatures, optionally in worker processes while the caller keeps parsing.
 
-Signature checks dominate verification time (about 0.1 ms each with OpenSSL's Ed25519) and are
-independent of each other, so they are the one part of an audit worth spreading over cores. Order
-and content of the result do not depend on ``workers``.
+Signature checks dominate verification time (about 0.1 ms of CPU each with OpenSSL's Ed25519,
+two per ledger entry) and are independent of each other, so they are the one part of an audit
+worth spreading over cores. With ``workers`` > 1, full chunks are handed to a process pool as
+soon as they fill, so checking overlaps with the caller's sequential work; with one worker each
+signature is checked on the spot (no payloads kept in memory). The result never depends on
+``workers``.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Mapping, Sequence
 
 from protocols.signing import VerifyKey
 
-_MIN_JOBS_PER_WORKER = 2000  # below this, process start-up costs more than it saves
+CHUNK = 2000  # signatures per task handed to a worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +31,15 @@ class SignatureJob:
     domain: bytes
     payload: bytes
     signature: str
+    what: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedSignature:
+    """A signature that did not verify."""
+
+    seq: int
+    site: str
     what: str
 
 
@@ -47,21 +59,52 @@ def _check_chunk(chunk: Sequence[tuple[int, str, bytes, bytes, str]]) -> list[in
     return bad
 
 
-def check_signatures(jobs: Sequence[SignatureJob], raw_keys: Mapping[str, bytes], *, workers: int = 1) -> list[SignatureJob]:
-    """The jobs whose signature does not verify, in input order.
+class SignatureChecker:
+    """Collects signature jobs and reports the ones that fail; use as a context manager."""
 
-    ``workers`` > 1 uses that many forked processes when there are enough jobs; 0 means one per CPU.
-    """
-    workers = workers or (os.cpu_count() or 1)
-    packed = [(i, j.key_name, j.domain, j.payload, j.signature) for i, j in enumerate(jobs)]
-    workers = min(workers, max(1, len(packed) // _MIN_JOBS_PER_WORKER))
-    if workers <= 1:
-        _init_worker(raw_keys)
-        bad = _check_chunk(packed)
-    else:
-        size = -(-len(packed) // (workers * 4))
-        chunks = [packed[k : k + size] for k in range(0, len(packed), size)]
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(dict(raw_keys),)) as pool:
-            bad = [i for part in pool.map(_check_chunk, chunks) for i in part]
-    return [jobs[i] for i in sorted(bad)]
+    def __init__(self, keys: Mapping[str, VerifyKey], *, workers: int = 1) -> None:
+        self._keys = dict(keys)
+        self.workers = workers or (os.cpu_count() or 1)
+        self._pool: ProcessPoolExecutor | None = None
+        self._meta: list[tuple[int, str, str]] = []  # (seq, site, what) per job sent to a worker
+        self._buffer: list[tuple[int, str, bytes, bytes, str]] = []
+        self._futures: list[Future[list[int]]] = []
+        self._failed: list[FailedSignature] = []
+
+    def __enter__(self) -> "SignatureChecker":
+        if self.workers > 1:
+            ctx = multiprocessing.get_context("fork")
+            raw = {name: k.raw for name, k in self._keys.items()}
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(raw,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def add(self, job: SignatureJob) -> None:
+        """Check ``job`` now (one worker) or queue it for a worker process."""
+        if self._pool is None:
+            if not self._keys[job.key_name].is_valid(job.signature, domain=job.domain, payload=job.payload):
+                self._failed.append(FailedSignature(job.seq, job.site, job.what))
+            return
+        self._buffer.append((len(self._meta), job.key_name, job.domain, job.payload, job.signature))
+        self._meta.append((job.seq, job.site, job.what))
+        if len(self._buffer) >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer and self._pool is not None:
+            self._futures.append(self._pool.submit(_check_chunk, self._buffer))
+            self._buffer = []
+
+    def failures(self) -> list[FailedSignature]:
+        """Every failed signature, ordered by entry (waits for the workers)."""
+        self._flush()
+        for fut in self._futures:
+            for index in fut.result():
+                seq, site, what = self._meta[index]
+                self._failed.append(FailedSignature(seq, site, what))
+        self._futures = []
+        return sorted(self._failed, key=lambda f: f.seq)

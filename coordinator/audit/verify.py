@@ -39,7 +39,7 @@ from protocols.errors import AnonfedError, BadInputError, ChainError, IntegrityE
 from protocols.ledger import CLAIM_DOMAIN, COUNTERSIGN_DOMAIN, GENESIS, LedgerEntry, MechanismKind, entry_hash_of
 from protocols.signing import VerifyKey
 
-from coordinator.audit.signature_batch import SignatureJob, check_signatures
+from coordinator.audit.signature_batch import SignatureChecker, SignatureJob
 from coordinator.ledger.claim_checks import SiteTracker
 from coordinator.ledger.head import head_path_for, read_head
 from coordinator.ledger.storage import scan
@@ -177,12 +177,38 @@ def audit(
     found = scan(ledger_path)
     findings: list[Finding] = []
     rows: list[EntryRow] = []
-    jobs: list[SignatureJob] = []
     tracker = SiteTracker()
     store_index = _index_store(store) if store is not None else None
     hashes: list[str] = []
+    with SignatureChecker(keys, workers=workers) as checker:
+        _scan_entries(found.lines, keys, coord_key, checker, tracker, store_index, findings, rows, hashes)
+        failed = checker.failures()
+    for fail in failed:
+        findings.append(Finding(Severity.ERROR, SignatureError, fail.seq, fail.site, f"{fail.what} does not verify", 1))
+
+    n = len(found.lines)
+    if found.torn_bytes:
+        findings.append(Finding(Severity.WARNING, ChainError, None, None,
+                                f"{found.torn_bytes} bytes after entry {n - 1} are an interrupted write; ignored"))
+    head_count = _check_head(head_path or head_path_for(ledger_path), coord_key, hashes, findings)
+    sites = tuple(sorted({r.site for r in rows}))
+    return AuditResult(ledger_path, n, found.torn_bytes, head_count, tuple(findings), tuple(rows), sites)
+
+
+def _scan_entries(
+    lines: Sequence[bytes],
+    keys: Mapping[str, VerifyKey],
+    coord_key: VerifyKey,
+    checker: SignatureChecker,
+    tracker: SiteTracker,
+    store_index: "_StoreIndex | None",
+    findings: list[Finding],
+    rows: list[EntryRow],
+    hashes: list[str],
+) -> None:
+    """Checks 1-8 of the module docstring, in file order; signatures go to ``checker``."""
     prev = GENESIS
-    for i, line in enumerate(found.lines):
+    for i, line in enumerate(lines):
         this_hash = entry_hash_of(line)
         hashes.append(this_hash)
         try:
@@ -204,7 +230,7 @@ def audit(
         if entry.coordinator_key_id != coord_key.key_id:
             add(SignatureError, f"countersigned with key {entry.coordinator_key_id}, not coordinator.pub ({coord_key.key_id})", 1)
         else:
-            jobs.append(SignatureJob(i, site, COORDINATOR_KEY_NAME, COUNTERSIGN_DOMAIN, entry.unsigned_bytes,
+            checker.add(SignatureJob(i, site, COORDINATOR_KEY_NAME, COUNTERSIGN_DOMAIN, entry.unsigned_bytes,
                                      entry.coordinator_sig, "coordinator countersignature"))
         site_key = keys.get(site)
         if site_key is None:
@@ -212,7 +238,7 @@ def audit(
         elif entry.claim.key_id != site_key.key_id:
             add(SignatureError, f"claim names key {entry.claim.key_id} but {site}.pub is {site_key.key_id} (signed with another key)", 1)
         else:
-            jobs.append(SignatureJob(i, site, site, CLAIM_DOMAIN, entry.claim.canonical, entry.signed.signature, "site signature"))
+            checker.add(SignatureJob(i, site, site, CLAIM_DOMAIN, entry.claim.canonical, entry.signed.signature, "site signature"))
         planned = None
         try:
             planned = tracker.check(entry.claim)
@@ -227,17 +253,6 @@ def audit(
                 if problem:
                     add(IntegrityError, f"artifact {art.name}: {problem}", 3)
         rows.append(_row(entry))
-
-    for job in check_signatures(jobs, {name: k.raw for name, k in keys.items()}, workers=workers):
-        findings.append(Finding(Severity.ERROR, SignatureError, job.seq, job.site, f"{job.what} does not verify", 1))
-
-    n = len(found.lines)
-    if found.torn_bytes:
-        findings.append(Finding(Severity.WARNING, ChainError, None, None,
-                                f"{found.torn_bytes} bytes after entry {n - 1} are an interrupted write; ignored"))
-    head_count = _check_head(head_path or head_path_for(ledger_path), coord_key, hashes, findings)
-    sites = tuple(sorted({r.site for r in rows}))
-    return AuditResult(ledger_path, n, found.torn_bytes, head_count, tuple(findings), tuple(rows), sites)
 
 
 def verify(

@@ -180,3 +180,13 @@ def test_flipped_byte_breaking_the_syntax_is_a_chain_error(ledger, keys) -> None
     _write(ledger, lines)
     with pytest.raises(ChainError, match=r"entry 1\b.*not a valid ledger record"):
         verify(ledger, keys)
+
+
+def test_worker_processes_give_the_same_findings(ledger, keys) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    lines = _lines(ledger)
+    lines[1] = dataclasses.replace(entries[1], signed=SignedClaim(entries[1].claim, entries[3].signed.signature)).line
+    _write(ledger, lines)
+    one, two = audit(ledger, keys, workers=1), audit(ledger, keys, workers=2)
+    assert one.findings == two.findings and not one.ok
+    assert {(f.seq, f.message) for f in one.findings if f.error is SignatureError} >= {(1, "site signature does not verify")}
