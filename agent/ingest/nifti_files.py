@@ -96,17 +96,18 @@ def read_nifti(data: bytes, *, is_label: bool) -> NiftiVolume:
         img = img.slicer[..., 0]
     elif len(shape) != 3:
         raise Quarantined(Reason.UNSUPPORTED_IMAGE, f"expected a 3-D volume, got shape {tuple(shape)}")
+    affine = img.affine
+    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise Quarantined(Reason.CORRUPT_HEADER, "NIfTI affine is missing, singular or non-finite")
     try:
+        img = nib.as_closest_canonical(img)  # RAS+ voxel axes; zooms (spacing) follow the axes
         arr = np.asanyarray(img.dataobj)
     except (ValueError, OSError, EOFError) as exc:
         raise Quarantined(Reason.TRUNCATED_PIXEL_DATA, f"voxel data shorter than the header declares ({scrub(str(exc))})") from exc
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise Quarantined(Reason.NON_FINITE_VALUES, f"{int((~np.isfinite(arr)).sum())} NaN/inf voxels")
     arr = (arr > 0.5).astype(np.uint8) if is_label else arr.astype(np.float32)
-    affine = img.affine
-    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise Quarantined(Reason.CORRUPT_HEADER, "NIfTI affine is missing, singular or non-finite")
-    data_zyx, spacing, affine_ras = canonical_from_xyz(arr, affine)
+    data_zyx, spacing, affine_ras = canonical_from_xyz(arr, img.affine)  # already canonical: only (x,y,z) -> (z,y,x)
     return NiftiVolume(data_zyx, spacing, affine_ras)
 
 
