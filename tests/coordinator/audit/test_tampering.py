@@ -190,3 +190,25 @@ def test_worker_processes_give_the_same_findings(ledger, keys) -> None:
     one, two = audit(ledger, keys, workers=1), audit(ledger, keys, workers=2)
     assert one.findings == two.findings and not one.ok
     assert {(f.seq, f.message) for f in one.findings if f.error is SignatureError} >= {(1, "site signature does not verify")}
+
+
+def test_k_below_minimum_is_named(ledger, keys, keyring) -> None:
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    i = next(n for n, e in enumerate(entries) if e.claim.kanon is not None)
+    c = entries[i].claim
+    bad = dataclasses.replace(c, kanon=dataclasses.replace(c.kanon, k=3, cluster_sizes=(3, 4)))
+    entries[i] = dataclasses.replace(entries[i], signed=sign_claim(bad, keyring[c.site]))
+    _rechain(ledger, entries, keyring["coordinator"])
+    from protocols.errors import KAnonymityError
+
+    with pytest.raises(KAnonymityError, match=rf"entry {i} \(site {c.site}\).*k = 3 is below the recorded minimum"):
+        verify(ledger, keys)
+
+
+def test_forged_head_is_a_signature_error(ledger, keys, keyring) -> None:
+    from protocols.signing import SigningKey
+
+    lines = _lines(ledger)
+    write_head(head_path_for(ledger), sign_head(count=len(lines) + 1, last_hash="0" * 64, key=SigningKey.generate()))
+    with pytest.raises(SignatureError, match="ledger: ledger head names coordinator key"):
+        verify(ledger, keys)

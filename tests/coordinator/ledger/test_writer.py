@@ -125,3 +125,23 @@ def test_edited_file_is_not_extended(tmp_path, coordinator_key, claims, site_pub
 def test_transport_as_text_round_trips(claims) -> None:
     text = claims[0].to_bytes().decode("utf-8")
     assert SignedClaim.from_bytes(text) == claims[0]
+
+
+def test_dp_claim_after_a_non_dp_release_is_refused(tmp_path, coordinator_key, site_keys, site_public) -> None:
+    import math
+
+    from protocols.ledger import DpSgdMechanism, MechanismKind, PlainMechanism
+    from protocols.tasks import PrivacyUnit, Task
+
+    key = site_keys["hospital-a"]
+    nodp = make_claim(run_id="r", round=0, site="hospital-a", site_seq=0, site_prev=GENESIS, key_id=key.key_id,
+                      task=Task.GAN_NODP, dataset="tof", mechanism=PlainMechanism(MechanismKind.NONE),
+                      epsilon=math.inf, cumulative_epsilon=math.inf)
+    dp = make_claim(run_id="r", round=1, site="hospital-a", site_seq=1, site_prev=nodp.claim_hash, key_id=key.key_id,
+                    task=Task.DPGAN, dataset="tof",
+                    mechanism=DpSgdMechanism(1.1, 0.05, 30, 1.0, 1e-5, PrivacyUnit.PATIENT, "opacus-rdp"),
+                    epsilon=2.0, cumulative_epsilon=2.0)
+    with Ledger.open(tmp_path / "l.jsonl", coordinator_key) as ledger:
+        ledger.append_site_claim(sign_claim(nodp, key), site_public["hospital-a"])
+        with pytest.raises(AccountingError, match="already released WITHOUT differential privacy"):
+            ledger.append_site_claim(sign_claim(dp, key), site_public["hospital-a"])
