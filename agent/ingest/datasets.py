@@ -35,6 +35,8 @@ def load_labeled_volumes(cfg: SiteConfig, *, angio_only: bool = False) -> list[L
     IntegrityError
         If a cache entry the catalog refers to is missing (run ``anonfed ingest`` again).
     """
+    if not _catalog_exists(cfg):
+        return []
     cache = ArrayCache(cfg.state.cache)
     out: list[LabeledVolume] = []
     with Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
@@ -66,6 +68,8 @@ def load_fundus_images(cfg: SiteConfig, *, include_dicom: bool = True, graded_on
     IntegrityError
         If a cache entry the catalog refers to is missing (run ``anonfed ingest`` again).
     """
+    if not _catalog_exists(cfg):
+        return []
     cache = ArrayCache(cfg.state.cache)
     kinds = ("fundus-image", "dicom-op") if include_dicom else ("fundus-image",)
     with Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
@@ -81,6 +85,14 @@ def load_fundus_images(cfg: SiteConfig, *, include_dicom: bool = True, graded_on
         out.append(FundusImage(patient_key=row.patient_key or "", rgb=rgb, grade=row.grade))
     log.info("loaded %d fundus images", len(out))
     return out
+
+
+def _catalog_exists(cfg: SiteConfig) -> bool:
+    # Reading must not create an empty catalog as a side effect.
+    if cfg.state.catalog.is_file():
+        return True
+    log.warning("site %s has no catalog yet; run `anonfed ingest --config ...` first", cfg.site_id)
+    return False
 
 
 def _to_rgb8(image: np.ndarray) -> np.ndarray | None:

@@ -173,3 +173,9 @@ def test_a_second_concurrent_run_waits_for_the_first(tmp_path, rng) -> None:
         fcntl.flock(held, fcntl.LOCK_UN)
     worker.join(timeout=60)
     assert finished.is_set()
+
+
+def test_loaders_before_any_ingest_return_nothing_and_create_nothing(tmp_path, rng) -> None:
+    cfg = _small_site(tmp_path, rng)
+    assert load_labeled_volumes(cfg) == [] and load_fundus_images(cfg) == []
+    assert not cfg.state.catalog.exists()
