@@ -242,9 +242,7 @@ def _scan_entries(
         planned = None
         try:
             planned = tracker.check(entry.claim)
-        except IntegrityError as exc:
-            add(type(exc), str(exc), 2)
-        except AnonfedError as exc:  # KAnonymityError is a policy error but still a bad entry here
+        except AnonfedError as exc:  # integrity errors, and KAnonymityError (a policy error, still a bad entry)
             add(type(exc), str(exc), 2)
         tracker.accept(entry.claim, planned)
         if store_index is not None:
