@@ -34,3 +34,40 @@ def member_codes(tiny_generator: "torch.nn.Module") -> "torch.Tensor":
         w = G.mapping(G.sample_z(5, generator=g))
     ws = G.broadcast(w).clone()
     return ws + 0.3 * torch.randn(ws.shape, generator=g)
+
+
+def make_site(tmp_path, **privacy):  # noqa: ANN001, ANN201 - test helper
+    """A site config on ``tmp_path`` accepting ksalsa, min_k 3 unless overridden."""
+    from agent.config import parse_site_config
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    raw = {
+        "site_id": "hospital-k",
+        "sources": [{"path": "data"}],
+        "state_dir": "state",
+        "privacy": {"max_epsilon": 4.0, "delta": 1e-5, "min_k": 3, "min_patients": 3,
+                    "accepted_tasks": ["ksalsa"], **privacy},
+    }
+    return parse_site_config(raw, base_dir=tmp_path)
+
+
+@pytest.fixture()
+def site(tmp_path):  # noqa: ANN001, ANN201
+    return make_site(tmp_path)
+
+
+@pytest.fixture()
+def site_factory(tmp_path):  # noqa: ANN001, ANN201
+    """``site_factory(**privacy)``: a site on this test's folder with privacy overrides."""
+    return lambda **privacy: make_site(tmp_path, **privacy)
+
+
+@pytest.fixture()
+def site_with_key(site):  # noqa: ANN001, ANN201
+    """The site plus its Ed25519 signing key in state/keys (mode 0600)."""
+    from agent.ledger import site_key_path
+    from protocols.signing import SigningKey, save_private_key
+
+    key = SigningKey.generate()
+    save_private_key(key, site_key_path(site.state.keys, site.site_id))
+    return site, key

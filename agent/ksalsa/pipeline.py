@@ -1,0 +1,139 @@
+"""One synthetic image per k-anonymous group, by any of the four methods, from in-memory images.
+
+Steps: resize the site's photographs to the generator's resolution; invert them into W+ with the
+ReStyle encoder (5 refinement iterations, as published); cluster the W+ codes by patient
+(:mod:`agent.ksalsa.clustering`); then per group the k-SALSA average (centroid + local style
+alignment) or a baseline. Without a generator the pixel baselines cluster on downsampled pixels.
+No site I/O and no release here (see :mod:`agent.ksalsa.task` and :mod:`agent.ksalsa.release`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agent.ksalsa.baselines import Method, centroid_latents, group_weights, k_same_eigen, k_same_pixel, to_tensor, to_uint8
+from agent.ksalsa.clustering import Clustering, cluster_by_patient
+from agent.ksalsa.style_alignment import AlignmentFeatures, AlignmentSettings, StepTimes, align_group
+from agent.records import FundusImage
+from protocols.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+PIXEL_CLUSTER_EDGE = 16  # pixel baselines without a generator cluster on 16x16 thumbnails
+
+
+@dataclasses.dataclass(frozen=True)
+class Inverter:
+    """A frozen generator and its encoder (both on the same device)."""
+
+    generator: nn.Module
+    encoder: nn.Module
+    iterations: int = 5  # ReStyle refinement iterations (paper: 5)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.generator.cfg.resolution)
+
+    def invert(self, images: torch.Tensor, *, batch: int = 32) -> torch.Tensor:
+        """W+ codes (N, num_ws, w_dim) of images (N, 3, R, R) in [-1, 1]."""
+        from agent.inversion.invert import refine
+
+        out = []
+        with torch.no_grad():
+            for i in range(0, images.shape[0], batch):
+                out.append(refine(self.encoder, self.generator, images[i:i + batch], iterations=self.iterations)[-1])
+        return torch.cat(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Averages:
+    """The groups and one uint8 image (H, W, 3) per group, plus timing of the alignment."""
+
+    clustering: Clustering
+    images: np.ndarray  # (groups, H, W, 3) uint8
+    method: Method
+    seconds: float  # wall time of the averaging (after inversion and clustering)
+    times: StepTimes  # alignment step costs summed over groups (zero for the baselines)
+
+
+def prepare_images(images: Sequence[FundusImage], resolution: int) -> torch.Tensor:
+    """(N, 3, R, R) float in [-1, 1], resized with antialiasing when the sizes differ."""
+    if not images:
+        raise BadInputError("no fundus images to average; ingest the site's photographs first")
+    shapes = {im.rgb.shape for im in images}
+    if len(shapes) == 1:
+        x = to_tensor([im.rgb for im in images])
+        return _resize(x, resolution)
+    return torch.cat([_resize(to_tensor([im.rgb]), resolution) for im in images])
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+
+
+def make_averages(
+    images: Sequence[FundusImage],
+    *,
+    method: Method,
+    k: int,
+    inverter: Inverter | None = None,
+    features: nn.Module | None = None,
+    settings: AlignmentSettings = AlignmentSettings(),
+    resolution: int | None = None,
+    eigen_components: int | None = None,
+) -> Averages:
+    """Cluster ``images`` into groups of >= k distinct patients and make one image per group.
+
+    Raises
+    ------
+    KAnonymityError
+        If the images come from fewer than ``k`` distinct patients.
+    BadInputError
+        If a latent method is asked for without an inverter, or k-SALSA without features.
+    """
+    if method in (Method.KSALSA, Method.CENTROID) and inverter is None:
+        raise BadInputError(f"method {method.value} needs a generator and an encoder (the site's StyleGAN)")
+    if method is Method.KSALSA and features is None:
+        raise BadInputError("method ksalsa needs a feature network (see agent.features)")
+    keys = [im.patient_key for im in images]
+    size = inverter.resolution if inverter is not None else (resolution or images[0].rgb.shape[0])
+    pixels = prepare_images(images, size)
+    ws = None
+    if inverter is not None:
+        device = next(inverter.generator.parameters()).device
+        ws = inverter.invert(pixels.to(device))
+        clustering = cluster_by_patient(ws.flatten(1).cpu().numpy(), keys, k=k)
+    else:
+        thumbs = _resize(pixels, min(PIXEL_CLUSTER_EDGE, size))
+        clustering = cluster_by_patient(thumbs.flatten(1).numpy(), keys, k=k)
+    t0 = time.perf_counter()
+    times = StepTimes()
+    if method is Method.K_SAME_PIXEL:
+        out = k_same_pixel(pixels, clustering, keys)
+    elif method is Method.K_SAME_EIGEN:
+        out = k_same_eigen(pixels, clustering, keys, components=eigen_components)
+    elif method is Method.CENTROID:
+        with torch.no_grad():
+            out = inverter.generator.synthesis(centroid_latents(ws, clustering, keys), noise_mode="const")  # type: ignore[union-attr]
+    else:
+        aligner = AlignmentFeatures(features, settings)  # type: ignore[arg-type]
+        outs = []
+        for idx, w in group_weights(clustering, keys):
+            result = align_group(inverter.generator, ws[idx], w.tolist(), aligner)  # type: ignore[union-attr,index]
+            outs.append(result.image)
+            for name in ("generator", "features", "optimiser", "steps"):
+                setattr(times, name, getattr(times, name) + getattr(result.times, name))
+        out = torch.cat(outs)
+    seconds = time.perf_counter() - t0
+    log.info("made %d %s averages (k=%d) in %.1f s", len(clustering.groups), method.value, k, seconds)
+    return Averages(clustering, to_uint8(out), method, seconds, times)
