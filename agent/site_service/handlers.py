@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from agent.config import SiteConfig
-from agent.guard import EgressPolicy, check_outgoing, real_fingerprints
+from agent.guard import EgressPolicy, check_outgoing, find_identifying_text, real_fingerprints
 from agent.site_service import policy as site_policy
 from agent.site_service.claims import PendingClaim
 from agent.site_service.engine import TrainingEngine
@@ -185,11 +185,10 @@ def refusal(site: SiteConfig, request: m.WireMessage, round_: int, exc: BaseExce
         log.exception("request %s failed inside the site", request.KIND, exc_info=exc)
     if code != "internal-error":
         log.warning("refusing %s: %s (%s)", request.KIND, code, type(exc).__name__)
-    eps = None
     run_id = getattr(request, "run_id", "unknown")
     msg = m.Refusal(
         run_id=run_id, round=int(round_), site_id=site.site_id, request_kind=request.KIND, code=code,
-        exit_code=exit_code, reason=reason[: m.MAX_STRING_CHARS], epsilon_cumulative=eps,
+        exit_code=exit_code, reason=reason[: m.MAX_STRING_CHARS], epsilon_cumulative=None,
     )
     try:
         check_outgoing(m.Envelope(msg), EgressPolicy(blocked_log=SiteState(site).blocked_log))
@@ -227,8 +226,6 @@ def _last_model_record(site: SiteConfig) -> ModelRecord | None:
 
 
 def _safe(text: str) -> bool:
-    from agent.guard import find_identifying_text
-
     return find_identifying_text(text) is None
 
 
