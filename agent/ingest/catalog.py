@@ -231,11 +231,13 @@ class Catalog:
             (file_key, series_key, sop_key, slice_index, int(duplicate)),
         )
 
-    def live_series(self, *kinds: str) -> list[SeriesRow]:
-        """Series with status ok (optionally only the given kinds)."""
+    def live_series(self, *kinds: str, include_held: bool = False) -> list[SeriesRow]:
+        """Series with status ok (optionally only the given kinds; ``include_held`` adds the
+        units a pairing problem excluded, for the pairing step to re-evaluate)."""
+        statuses = "('ok', 'held')" if include_held else "('ok')"
         sql = (
             "SELECT key, patient_key, kind, modality, angio, shape, spacing, geometry, cache_key, ref_key, pair_token, "
-            "label_key, label_cache_key, grade FROM series WHERE status='ok'"
+            f"label_key, label_cache_key, grade FROM series WHERE status IN {statuses}"
         )
         args: tuple[str, ...] = ()
         if kinds:
@@ -250,6 +252,7 @@ class Catalog:
         return out
 
     def series_files(self, series_key: str) -> list[str]:
+        """Path keys of the current files of a series."""
         return [r[0] for r in self.conn.execute("SELECT path_key FROM files WHERE series_key=? AND status='ok'", (series_key,))]
 
     # -- quarantine -------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 
 Everything here is recomputed from the catalog on each run (quarantine entries of stage
 ``pair`` are replaced), so fixing a CSV or adding the missing image takes effect on the next run.
-Units excluded by a pairing problem get status ``held``.
+Units excluded by a pairing problem get status ``held``. The previous run's pairing results are
+reset and the new ones written in one transaction, so a crash never leaves a half-paired catalog.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class Pairing:
         self.updates.setdefault(series.key, {})["status"] = "held"
 
     def pair_segs(self) -> None:
-        targets = {s.key: s for s in self.catalog.live_series("dicom-series")}
-        for seg in self.catalog.live_series("dicom-seg"):
+        targets = {s.key: s for s in self.catalog.live_series("dicom-series", include_held=True)}
+        for seg in self.catalog.live_series("dicom-seg", include_held=True):
             target = targets.get(seg.ref_key or "")
             if target is None:
                 self._hold(seg, Reason.ORPHAN_LABEL, "the series this SEG references is not in the catalog")
@@ -74,8 +75,8 @@ class Pairing:
             self.updates.setdefault(target.key, {}).update(label_key=seg.key, label_cache_key=pair_key)
 
     def pair_nifti(self, manifests: list[ManifestRow], path_keys: dict[Path, str]) -> None:
-        images = {s.pair_token: s for s in self.catalog.live_series("nifti-image")}
-        for label in self.catalog.live_series("nifti-label"):
+        images = {s.pair_token: s for s in self.catalog.live_series("nifti-image", include_held=True)}
+        for label in self.catalog.live_series("nifti-label", include_held=True):
             image = images.get(label.pair_token)
             if image is None:
                 self._hold(label, Reason.ORPHAN_LABEL, "label volume has no image (naming rule <stem>_label or manifest)")
@@ -125,6 +126,8 @@ class Pairing:
     def write(self) -> None:
         """Replace the pair-stage quarantine and apply the collected series updates (one transaction)."""
         with self.catalog.transaction() as c:
+            c.execute("UPDATE series SET status='ok' WHERE status='held'")
+            c.execute("UPDATE series SET label_key=NULL, label_cache_key=NULL, grade=NULL")
             self.catalog.clear_quarantine(c, stage="pair")
             for key, enc, _path, reason, detail in self.problems:
                 if enc is None:
@@ -139,13 +142,6 @@ class Pairing:
                 self.catalog.set_series_fields(c, key, **fields)
         for _key, _enc, _path, reason, _detail in self.problems:
             log.warning("quarantined at pairing: %s", reason.value)
-
-
-def reset_pairing(catalog: Catalog) -> None:
-    """Undo the previous run's pairing results before recomputing them."""
-    with catalog.transaction() as c:
-        c.execute("UPDATE series SET status='ok' WHERE status='held'")
-        c.execute("UPDATE series SET label_key=NULL, label_cache_key=NULL, grade=NULL")
 
 
 def _path_enc(c: sqlite3.Connection, key: str) -> bytes | None:

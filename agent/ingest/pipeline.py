@@ -36,7 +36,7 @@ from agent.ingest import dicom_files, nifti_files
 from agent.ingest.cache import ArrayCache
 from agent.ingest.catalog import Catalog, FileRow
 from agent.ingest.nifti_files import ManifestRow
-from agent.ingest.pairing import Pairing, reset_pairing
+from agent.ingest.pairing import Pairing
 from agent.ingest.pseudonym import SiteSecrets
 from agent.ingest.quarantine import Quarantined, Reason
 from agent.ingest.scanner import HEAD_BYTES, FileFormat, FoundFile, ScanProblem, scan_sources, sniff_format
@@ -127,7 +127,6 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
             report.groups_ingested += 1
         _drop_empty_series(catalog)
 
-        reset_pairing(catalog)
         pairing = Pairing(catalog, cache, run_id)
         pairing.pair_segs()
         pairing.pair_nifti([r for rows in manifests.values() for r in rows], _path_keys_of(manifests, catalog.secrets))
