@@ -145,13 +145,10 @@ def start_orthanc(workdir: Path, *, extra_modalities: dict[str, list] | None = N
 
 
 def stop_orthanc(server: OrthancServer) -> None:
+    # Its storage is a temp folder, so no clean shutdown is needed (a clean one takes ~3 s).
     if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+        server.process.kill()
+        server.process.wait(timeout=10)
 
 
 def phantom_dicom_files(site_root: Path) -> list[Path]:
