@@ -118,6 +118,9 @@ class GanTrainer:
         if weights is not None:
             load_arrays(generator, weights, GENERATOR_PREFIX)
             load_arrays(critic, weights, CRITIC_PREFIX)
+            # Averaged (federated) power-iteration vectors are no longer unit vectors: re-normalise
+            # them on the new weights before sigma = u^T W v is used (data-free, no privacy cost).
+            critic.update_spectral_vectors(iterations=3)
         self.generator = generator.to(self.device)
         self.critic = critic.to(self.device)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
