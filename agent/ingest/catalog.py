@@ -270,6 +270,9 @@ class Catalog:
         if stage is not None:
             c.execute("DELETE FROM quarantine WHERE stage=?", (stage,))
 
+    def path_keys_with_reason(self, reason: str) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT path_key FROM quarantine WHERE reason_code=?", (reason,))}
+
     def quarantined(self) -> list[QuarantineRow]:
         """Every current quarantine entry, paths decrypted, ordered by reason then path."""
         rows = [

@@ -5,7 +5,7 @@ Steps of one run:
 1. **Scan** (:mod:`agent.ingest.scanner`): walk the sources, quarantine loops, empty, oversized
    and unreadable entries.
 2. **Detect changes**: a file whose (size, mtime_ns) match the catalog is skipped without being
-   opened. Otherwise it is read (read-only), hashed (sha256) and, if the hash matches, only its
+   opened (files quarantined as ``ingest-error`` are retried on every run). Otherwise it is read (read-only), hashed (sha256) and, if the hash matches, only its
    stat is updated. New or modified files are sniffed and grouped (all slices of a DICOM series
    form one group), then their bytes are dropped; files missing from disk are marked ``gone``.
 3. **Ingest groups** (:mod:`agent.ingest.units`): every group touched by a change is read again
@@ -40,7 +40,7 @@ from agent.ingest.pairing import Pairing
 from agent.ingest.pseudonym import SiteSecrets
 from agent.ingest.quarantine import Quarantined, Reason
 from agent.ingest.scanner import HEAD_BYTES, FileFormat, FoundFile, ScanProblem, scan_sources, sniff_format
-from agent.ingest.units import Member, Outcome, UnitContext, ingest_dicom_series, ingest_single_file, series_group_key
+from agent.ingest.units import FileOutcome, Member, Outcome, UnitContext, ingest_dicom_series, ingest_single_file, series_group_key
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
             if not members:
                 continue
             report.files_parsed += len(members)
-            outcome = ingest_dicom_series(members, ctx, group) if group.startswith("s") else ingest_single_file(members[0], ctx)
+            outcome = _ingest_group(group, members, ctx)
             _write_outcome(catalog, outcome, group, run_id)
             report.groups_ingested += 1
         _drop_empty_series(catalog)
@@ -167,6 +167,7 @@ def _detect_changes(
     """
     secrets = catalog.secrets
     known = catalog.file_rows()
+    retry = catalog.path_keys_with_reason(Reason.INGEST_ERROR.value)  # an upgraded agent may succeed now
     changed: dict[str, Member] = {}
     groups: dict[str, set[str]] = {}
     unchanged: list[str] = []
@@ -175,13 +176,14 @@ def _detect_changes(
         key = secrets.path_key(found.path)
         live_keys.add(key)
         row = known.get(key)
-        if row is not None and row.status != "gone" and (row.size, row.mtime_ns) == (found.size, found.mtime_ns):
+        fresh = key not in retry
+        if fresh and row is not None and row.status != "gone" and (row.size, row.mtime_ns) == (found.size, found.mtime_ns):
             unchanged.append(key)
             continue
         member = _read_member(found.path, key, secrets, catalog, run_id)
         if member is None:
             continue
-        if row is not None and row.status != "gone" and row.content_hash == member.content_hash:
+        if fresh and row is not None and row.status != "gone" and row.content_hash == member.content_hash:
             catalog.update_stat(key, member.size, member.mtime_ns, run_id)
             report.files_rehashed += 1
             continue
@@ -213,6 +215,16 @@ def _group_members(catalog: Catalog, group: str, changed: list[Member], run_id: 
                 if extra is not None:
                     members.append(extra)
     return members
+
+
+def _ingest_group(group: str, members: list[Member], ctx: UnitContext) -> Outcome:
+    try:
+        return ingest_dicom_series(members, ctx, group) if group.startswith("s") else ingest_single_file(members[0], ctx)
+    except Exception as exc:  # noqa: BLE001 - one bad group must not stop the site's ingest
+        # Only the exception type is logged: library messages may quote header values.
+        log.error("unexpected %s while ingesting group %s; its files are quarantined", type(exc).__name__, group[:13])
+        detail = f"unexpected {type(exc).__name__} while ingesting; please report it with the agent log"
+        return Outcome([FileOutcome(m, "unknown", "quarantined", Reason.INGEST_ERROR, detail) for m in members])
 
 
 def _unit_context(secrets: SiteSecrets, cache: ArrayCache, manifests: dict[Path, list[ManifestRow]],

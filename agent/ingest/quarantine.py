@@ -39,6 +39,7 @@ class Reason(str, enum.Enum):
     BAD_GRADE = "bad-grade"  # a grades CSV row whose grade is not an integer 0-4
     MISSING_PATIENT_ID = "missing-patient-id"  # no PatientID and no StudyInstanceUID to key on
     UNSUPPORTED_IMAGE = "unsupported-image"  # decodes, but not a shape/kind we can use
+    INGEST_ERROR = "ingest-error"  # an unforeseen failure (a bug or library error); please report
 
 
 class Quarantined(IngestError):

@@ -179,3 +179,21 @@ def test_loaders_before_any_ingest_return_nothing_and_create_nothing(tmp_path, r
     cfg = _small_site(tmp_path, rng)
     assert load_labeled_volumes(cfg) == [] and load_fundus_images(cfg) == []
     assert not cfg.state.catalog.exists()
+
+
+def test_an_unforeseen_error_quarantines_that_group_and_the_run_goes_on(tmp_path, rng, monkeypatch) -> None:
+    cfg = _small_site(tmp_path, rng)
+    real = pipeline.ingest_single_file
+
+    def explode_on_nifti(member, ctx):
+        if member.path.name.endswith(".nii.gz"):
+            raise ZeroDivisionError("bug")
+        return real(member, ctx)
+
+    monkeypatch.setattr(pipeline, "ingest_single_file", explode_on_nifti)
+    report = run_ingest(cfg)
+    assert report.quarantined_by_reason == {"ingest-error": 2}
+    assert report.units_by_kind == {"dicom-series": 1, "fundus-image": 3}
+    monkeypatch.setattr(pipeline, "ingest_single_file", real)
+    report = run_ingest(cfg)  # the failed files are retried although unchanged
+    assert report.files_parsed == 2 and report.quarantined_by_reason == {} and report.labeled_volumes == 1
