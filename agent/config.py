@@ -91,6 +91,7 @@ class PacsEndpoint:
     password: str | None = dataclasses.field(default=None, repr=False)
     password_env: str | None = None  # name of the environment variable holding the password
     timeout_s: float = 30.0
+    ca_file: Path | None = None  # DICOMweb over https with the hospital's own CA (PEM)
 
     def resolve_password(self) -> str | None:
         """The password from the config or from ``password_env``.
@@ -274,7 +275,7 @@ def _parse_source(item: Any, index: int, base_dir: Path, state: StatePaths) -> F
     if kind != "folder":
         from agent.pacs.source_config import parse_pacs_source  # PACS keys are validated there
 
-        return parse_pacs_source(m, where=where, index=index, state_root=state.root)
+        return parse_pacs_source(m, where=where, index=index, state_root=state.root, base_dir=base_dir)
     _reject_unknown(m, {"kind", "path", "fundus_grades_csv", "nifti_manifest"}, where + ".")
     folder = _path(_required(m, "path", where + "."), f"{where}.path", base_dir)
     if not folder.is_dir():

@@ -42,7 +42,8 @@ class DicomWebClient:
         self._endpoint = endpoint
         self._base = endpoint.url
         self._auth = _basic_auth(endpoint)
-        self._ssl = ssl.create_default_context() if self._base.startswith("https://") else None
+        cafile = str(endpoint.ca_file) if endpoint.ca_file else None
+        self._ssl = ssl.create_default_context(cafile=cafile) if self._base.startswith("https://") else None
         self._open = opener or urllib.request.urlopen
 
     # -- find ---------------------------------------------------------------------------------
@@ -209,6 +210,12 @@ class DicomWebClient:
                 ) from exc
             except (urllib.error.URLError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
+                if isinstance(reason, ssl.SSLCertVerificationError):
+                    # Not transient: retrying cannot make an untrusted certificate trusted.
+                    raise TransportError(
+                        f"the TLS certificate of DICOMweb server {self._base} is not trusted ({reason.verify_message}); "
+                        "set ca_file in the PACS source to the hospital's CA certificate (PEM)"
+                    ) from exc
                 if attempt < _RETRIES:
                     log.warning("DICOMweb %s: %s, retrying", method, reason)
                     time.sleep(0.5 * (attempt + 1))

@@ -49,11 +49,14 @@ _ENDPOINT_KEYS = {
     "password",
     "password_env",
     "timeout_s",
+    "ca_file",
 }
 _SOURCE_KEYS = _ENDPOINT_KEYS | {"name", "filters", "retrieve", "move_port", "max_concurrency", "destination"}
 
 
-def parse_pacs_source(m: Mapping[str, Any], *, where: str, index: int, state_root: Path) -> PacsSource:
+def parse_pacs_source(
+    m: Mapping[str, Any], *, where: str, index: int, state_root: Path, base_dir: Path | None = None
+) -> PacsSource:
     """Validate one PACS source mapping.
 
     Raises
@@ -62,7 +65,7 @@ def parse_pacs_source(m: Mapping[str, Any], *, where: str, index: int, state_roo
         If a key is unknown, missing or invalid; the message names it.
     """
     _reject_unknown(m, _SOURCE_KEYS, where)
-    endpoint = parse_endpoint(m, where=where)
+    endpoint = parse_endpoint(m, where=where, base_dir=base_dir)
     name = m.get("name", f"{endpoint.kind.value}-{index}")
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"{where}.name: expected 1-63 lowercase letters, digits, '-' or '_', got {name!r}")
@@ -82,12 +85,12 @@ def parse_pacs_source(m: Mapping[str, Any], *, where: str, index: int, state_roo
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY_LIMIT:
         raise ConfigError(f"{where}.max_concurrency: expected an integer 1..{MAX_CONCURRENCY_LIMIT}, got {concurrency!r}")
     filters = _parse_filters(m.get("filters") or {}, f"{where}.filters")
-    destination = _parse_destination(m.get("destination"), endpoint, f"{where}.destination")
+    destination = _parse_destination(m.get("destination"), endpoint, f"{where}.destination", base_dir)
     staging = (state_root / "pacs" / name).resolve()
     return PacsSource(name, endpoint, staging, filters, retrieve, move_port, concurrency, destination)
 
 
-def parse_endpoint(m: Mapping[str, Any], *, where: str) -> PacsEndpoint:
+def parse_endpoint(m: Mapping[str, Any], *, where: str, base_dir: Path | None = None) -> PacsEndpoint:
     """Validate the connection keys shared by sources and push destinations.
 
     Raises
@@ -129,9 +132,18 @@ def parse_endpoint(m: Mapping[str, Any], *, where: str) -> PacsEndpoint:
             raise ConfigError(f"{where}.url: expected an http:// or https:// URL, got {url!r}")
         if parsed.username or parsed.password:
             raise ConfigError(f"{where}.url: put credentials in username/password_env, not in the URL")
+        ca_file = _ca_file(m.get("ca_file"), f"{where}.ca_file", base_dir, https=parsed.scheme == "https")
         return PacsEndpoint(
-            kind, url=url.rstrip("/"), username=username, password=password, password_env=password_env, timeout_s=float(timeout)
+            kind,
+            url=url.rstrip("/"),
+            username=username,
+            password=password,
+            password_env=password_env,
+            timeout_s=float(timeout),
+            ca_file=ca_file,
         )
+    if "ca_file" in m:
+        raise ConfigError(f"{where}.ca_file: only applies to kind: dicomweb with an https url")
     if "url" in m:
         raise ConfigError(f"{where}.url: only applies to kind: dicomweb (DIMSE uses host and port)")
     host = m.get("host")
@@ -153,7 +165,22 @@ def parse_endpoint(m: Mapping[str, Any], *, where: str) -> PacsEndpoint:
     )
 
 
-def _parse_destination(value: Any, source: PacsEndpoint, where: str) -> PacsEndpoint | None:
+def _ca_file(value: Any, key: str, base_dir: Path | None, *, https: bool) -> Path | None:
+    if value is None:
+        return None
+    if not https:
+        raise ConfigError(f"{key}: only applies to an https:// url")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a path to a PEM file, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    if not path.is_file():
+        raise ConfigError(f"{key}: CA file {path} does not exist")
+    return path.resolve()
+
+
+def _parse_destination(value: Any, source: PacsEndpoint, where: str, base_dir: Path | None) -> PacsEndpoint | None:
     if value is None or value is False:
         return None
     if value == "self":
@@ -161,7 +188,7 @@ def _parse_destination(value: Any, source: PacsEndpoint, where: str) -> PacsEndp
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected 'self' or a mapping with kind and url/host, got {type(value).__name__}")
     _reject_unknown(value, _ENDPOINT_KEYS, where)
-    return parse_endpoint(value, where=where)
+    return parse_endpoint(value, where=where, base_dir=base_dir)
 
 
 def _parse_filters(value: Any, where: str) -> PacsFilters:

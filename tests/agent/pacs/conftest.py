@@ -91,7 +91,10 @@ class OrthancServer:
 
 
 def start_orthanc(workdir: Path, *, extra_modalities: dict[str, list] | None = None) -> OrthancServer:
-    """Start Orthanc with DICOMweb, auth and a registered agent modality; wait until it answers."""
+    """Start Orthanc with DICOMweb, auth and a registered agent modality; wait until it answers.
+
+    Orthanc 1.10 (Debian) crashes on its first HTTPS request, so it always serves plain HTTP here.
+    """
     if not ORTHANC.exists() or not DICOMWEB_PLUGIN.exists():
         pytest.skip("Orthanc or its DICOMweb plugin is not installed (run deploy/install-system-deps.sh)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -205,4 +208,5 @@ def pacs_password(monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture()
 def unused_port() -> int:
     return free_port()
+
 
