@@ -208,5 +208,3 @@ def pacs_password(monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture()
 def unused_port() -> int:
     return free_port()
-
-

@@ -67,3 +67,32 @@ def test_real_image_is_never_pushed(kind: str, tmp_path: Path, empty_orthanc: An
     with pytest.raises(EgressBlockedError, match="CT_small.dcm: not a synthetic object written by anonfed"):
         push_files([*synthetic_files, real], endpoint)
     assert empty_orthanc.instance_uids() == set()  # nothing at all was sent
+
+
+def test_site_release_is_written_and_pushed_when_configured(tmp_path: Path, empty_orthanc: Any, pacs_password: str) -> None:
+    from agent.export.release import export_release
+
+    source = _destination(empty_orthanc, "dicomweb") | {"name": "research", "destination": "self"}
+    raw = {"site_id": "hospital-a", "sources": [source], "state_dir": "state", "privacy": {"max_epsilon": 8, "delta": 1e-5}}
+    cfg = parse_site_config(raw, base_dir=tmp_path)
+    rng = np.random.default_rng(9)
+    pairs = np.stack([rng.uniform(-1, 1, (2, 32, 32)), np.where(rng.random((2, 32, 32)) > 0.5, 1.0, -1.0)], axis=1)
+    prov = SyntheticProvenance(Task.DPGAN, "hospital-a", run_id="r1", round=1, epsilon=2.0, delta=1e-5, privacy_unit="patient")
+    release = export_release(cfg, release_id="r1-round1", provenance=prov, tof_pairs=pairs)
+    assert release.folder == cfg.state.outputs / "dicom" / "r1-round1"
+    assert release.push_error is None and release.pushed[0].sent == len(release.files) == 4
+    assert empty_orthanc.instance_uids() == _uids(list(release.files))
+
+
+def test_push_failure_keeps_the_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unused_port: int) -> None:
+    from agent.export.release import export_release
+
+    monkeypatch.setenv("ANONFED_TEST_PACS_PASSWORD", "x")
+    dead = {"kind": "dicomweb", "url": f"http://127.0.0.1:{unused_port}/dicom-web", "timeout_s": 1}
+    raw = {"site_id": "hospital-a", "sources": [dead | {"name": "gone", "destination": "self"}], "state_dir": "state",
+           "privacy": {"max_epsilon": 8, "delta": 1e-5}}
+    cfg = parse_site_config(raw, base_dir=tmp_path)
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    release = export_release(cfg, release_id="k1", provenance=SyntheticProvenance(Task.KSALSA, "hospital-a", k=5), fundus_images=images)
+    assert release.pushed == () and "cannot reach DICOMweb server" in (release.push_error or "")
+    assert all(p.is_file() for p in release.files) and len(release.files) == 2
