@@ -50,6 +50,7 @@ class Pairing:
 
     def pair_segs(self) -> None:
         targets = {s.key: s for s in self.catalog.live_series("dicom-series", include_held=True)}
+        targets |= {s.pair_token: s for s in self.catalog.live_series("dicom-enhanced", include_held=True) if s.pair_token}
         for seg in self.catalog.live_series("dicom-seg", include_held=True):
             target = targets.get(seg.ref_key or "")
             if target is None:

@@ -149,6 +149,8 @@ def _dicom_file(member: Member, ctx: UnitContext) -> Outcome:
             volume, spacing, _ = to_canonical(dicom_files.rescaled(ds, pixels[order]), geometry.affine_lps)
             arrays = {"image": volume, "spacing": np.asarray(spacing)}
             series.update(shape=list(volume.shape), spacing=list(spacing), geometry=geometry.to_json())
+            if header.series_uid:  # lets a SEG that references this series find it
+                series["pair_token"] = series_group_key(ctx.secrets, header.series_uid)
         else:
             pixels = dicom_files.decode_pixels(ds)
             arrays = {"image": pixels}

@@ -99,3 +99,39 @@ def test_misplaced_seg_is_a_label_mismatch(seg, match) -> None:
     with pytest.raises(Quarantined, match=match) as info:
         label_for_stack(seg, _grid())
     assert info.value.reason.value == "label-mismatch"
+
+
+def test_seg_on_an_enhanced_mr_volume(tmp_path, rng) -> None:
+    import highdicom as hd
+    import pydicom
+    from agent.ingest.datasets import load_labeled_volumes
+
+    vol = rng.integers(0, 4000, (3, 5, 6)).astype(np.uint16)
+    (tmp_path / "data").mkdir()
+    _enhanced_mr(tmp_path / "data" / "enhanced.dcm", vol, order=[0, 1, 2])
+    source = pydicom.dcmread(tmp_path / "data" / "enhanced.dcm")
+    source.FrameOfReferenceUID = generate_uid()
+    for keyword, value in (("PatientName", "Test^Enhanced"), ("PatientBirthDate", ""), ("PatientSex", ""), ("StudyDate", ""),
+                           ("StudyTime", ""), ("StudyID", ""), ("AccessionNumber", ""), ("ReferringPhysicianName", ""),
+                           ("SeriesNumber", 1), ("InstanceNumber", 1)):
+        setattr(source, keyword, value)
+    mask = np.zeros((3, 5, 6), bool)
+    mask[1, 2, 3] = True
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="vessel",
+        segmented_property_category=hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure"),
+        segmented_property_type=hd.sr.CodedConcept("59820001", "SCT", "Blood vessel"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    source.save_as(tmp_path / "data" / "enhanced.dcm", enforce_file_format=True)
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc], series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer="test", manufacturer_model_name="test", software_versions="1", device_serial_number="1",
+    )
+    seg.save_as(tmp_path / "data" / "seg.dcm")
+    cfg = site_config(tmp_path, [{"path": "data"}])
+    report = run_ingest(cfg)
+    assert report.quarantined_by_reason == {} and report.labeled_volumes == 1
+    (volume,) = load_labeled_volumes(cfg)
+    assert volume.label.sum() == 1 and volume.label[1, 5 - 1 - 2, 6 - 1 - 3] == 1  # rows and columns flipped to RAS
