@@ -37,6 +37,12 @@ def test_sync_then_ping(tmp_path: Path, loaded_orthanc: Any, pacs_password: str,
     assert "0 retrieved" in capsys.readouterr().out
     assert main(["pacs", "ping", "--config", str(config)]) == 0
     assert capsys.readouterr().out.startswith("OK: web (dicomweb ")
+    # `anonfed agent status` shows the PACS as reachable, what is staged and the last sync.
+    assert main(["agent", "status", "--config", str(config), "--check"]) == 0
+    status = capsys.readouterr().out
+    staged = len(list((tmp_path / "state" / "pacs" / "web").rglob("*.dcm")))
+    assert staged > 0 and f"pacs web (dicomweb {loaded_orthanc.dicomweb_url}): reachable; {staged} instance(s) staged" in status
+    assert f"ok, 0 retrieved of {staged} found" in status
 
 
 def test_wrong_password_exit_code_and_message(
