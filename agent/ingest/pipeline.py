@@ -5,7 +5,8 @@ Steps of one run:
 1. **Scan** (:mod:`agent.ingest.scanner`): walk the sources, quarantine loops, empty, oversized
    and unreadable entries.
 2. **Detect changes**: a file whose (size, mtime_ns) match the catalog is skipped without being
-   opened (files quarantined as ``ingest-error`` are retried on every run). Otherwise it is read (read-only), hashed (sha256) and, if the hash matches, only its
+   opened (files quarantined as ``ingest-error``, and files whose cache entry was deleted, are
+   re-ingested on every run). Otherwise it is read (read-only), hashed (sha256) and, if the hash matches, only its
    stat is updated. New or modified files are sniffed and grouped (all slices of a DICOM series
    form one group), then their bytes are dropped; files missing from disk are marked ``gone``.
 3. **Ingest groups** (:mod:`agent.ingest.units`): every group touched by a change is read again
@@ -116,7 +117,7 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
         log.info("scanned %d files (%d walk problems)", len(scan.files), len(scan.problems))
         _record_scan_problems(catalog, scan.problems, run_id)
 
-        changed, groups = _detect_changes(catalog, scan.files, report, run_id, progress)
+        changed, groups = _detect_changes(catalog, scan.files, report, run_id, progress, _missing_cache(catalog, cache))
         for group, keys in tqdm(sorted(groups.items()), desc="ingesting", unit="group", disable=None if progress else True):
             members = _group_members(catalog, group, [changed[k] for k in sorted(keys)], run_id)
             if not members:
@@ -158,16 +159,29 @@ def _exclusive_run(state_root: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _missing_cache(catalog: Catalog, cache: ArrayCache) -> set[str]:
+    """Files of catalogued units whose cache entry was deleted: they are re-ingested (self-healing)."""
+    stale: set[str] = set()
+    for series in catalog.live_series(include_held=True):
+        if series.cache_key and not cache.has(series.cache_key):
+            stale.update(catalog.series_files(series.key))
+    if stale:
+        log.warning("%d files have no cache entry any more; re-ingesting them", len(stale))
+    return stale
+
+
 def _detect_changes(
-    catalog: Catalog, found_files: list[FoundFile], report: IngestReport, run_id: int, progress: bool
+    catalog: Catalog, found_files: list[FoundFile], report: IngestReport, run_id: int, progress: bool, redo: set[str]
 ) -> tuple[dict[str, Member], dict[str, set[str]]]:
     """New or modified files (bytes dropped after hashing) and the groups that must be re-ingested.
 
-    Marks vanished files ``gone`` and adds their groups (a series that lost a slice is rebuilt).
+    ``redo`` lists files to re-ingest although unchanged. Marks vanished files ``gone`` and adds
+    their groups (a series that lost a slice is rebuilt).
     """
     secrets = catalog.secrets
     known = catalog.file_rows()
-    retry = catalog.path_keys_with_reason(Reason.INGEST_ERROR.value)  # an upgraded agent may succeed now
+    # an upgraded agent may succeed where the last one failed
+    retry = redo | catalog.path_keys_with_reason(Reason.INGEST_ERROR.value)
     changed: dict[str, Member] = {}
     groups: dict[str, set[str]] = {}
     unchanged: list[str] = []

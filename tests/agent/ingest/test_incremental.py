@@ -4,6 +4,7 @@ crash in the middle leaves a consistent catalog that the next run completes."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from agent.ingest.cache import ArrayCache
 from agent.ingest.catalog import Catalog
 from agent.ingest.datasets import load_fundus_images, load_labeled_volumes
 from agent.ingest.pipeline import run_ingest
+from protocols.errors import IntegrityError
 
 from ingest_builders import mr_series, nifti, png, site_config
 
@@ -197,3 +199,16 @@ def test_an_unforeseen_error_quarantines_that_group_and_the_run_goes_on(tmp_path
     monkeypatch.setattr(pipeline, "ingest_single_file", real)
     report = run_ingest(cfg)  # the failed files are retried although unchanged
     assert report.files_parsed == 2 and report.quarantined_by_reason == {} and report.labeled_volumes == 1
+
+
+def test_deleted_cache_is_rebuilt_by_the_next_run(tmp_path, rng) -> None:
+    cfg = _small_site(tmp_path, rng)
+    run_ingest(cfg)
+    before = [v.image for v in load_labeled_volumes(cfg)]
+    shutil.rmtree(cfg.state.cache)
+    with pytest.raises(IntegrityError, match="run `anonfed ingest` again"):
+        load_labeled_volumes(cfg)
+    report = run_ingest(cfg)
+    assert report.files_parsed == N_FILES - 1  # every unit's files; the grades CSV has no cache entry
+    np.testing.assert_array_equal(load_labeled_volumes(cfg)[0].image, before[0])
+    assert run_ingest(cfg).files_parsed == 0
