@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import hashlib
 import logging
 import re
@@ -180,9 +181,17 @@ def audit(
     tracker = SiteTracker()
     store_index = _index_store(store) if store is not None else None
     hashes: list[str] = []
-    with SignatureChecker(keys, workers=workers) as checker:
-        _scan_entries(found.lines, keys, coord_key, checker, tracker, store_index, findings, rows, hashes)
-        failed = checker.failures()
+    # The scan keeps ~10 acyclic objects per entry; cyclic GC passes over that growing heap cost
+    # 5-15 % at 100,000 entries and find nothing, so they are paused for the scan.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with SignatureChecker(keys, workers=workers) as checker:
+            _scan_entries(found.lines, keys, coord_key, checker, tracker, store_index, findings, rows, hashes)
+            failed = checker.failures()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     for fail in failed:
         findings.append(Finding(Severity.ERROR, SignatureError, fail.seq, fail.site, f"{fail.what} does not verify", 1))
 
