@@ -155,7 +155,7 @@ def train_unet(pairs: np.ndarray, val: list[LabeledVolume], *, steps: int, width
     x_all = torch.from_numpy(pairs[:, :1].astype(np.float32))
     y_all = torch.from_numpy((pairs[:, 1:] > 0.5).astype(np.float32))
     best, best_state = -1.0, None
-    checkpoints = {int(steps * (k + 1) / evals) for k in range(evals)}
+    checkpoints = {int(steps * (k + 1) / max(evals, 1)) for k in range(max(evals, 1))}
     for step in range(1, steps + 1):
         idx = torch.from_numpy(rng.integers(0, len(pairs), 32))
         x, y = x_all[idx], y_all[idx]
@@ -291,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dpgan")
+    ap.add_argument("--merge", nargs="+", type=Path, help="combine result JSONs of runs split over processes")
+    ap.add_argument("--unet-evals", type=int, default=2, help="validation checkpoints per U-Net")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, args.tag)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
 
@@ -315,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(name: str, pairs: np.ndarray, info: dict) -> None:
         t0 = time.perf_counter()
-        net = train_unet(pairs, val, steps=args.unet_steps, width=args.unet_width, seed=args.seed, patch=args.patch)
+        net = train_unet(pairs, val, steps=args.unet_steps, width=args.unet_width, seed=args.seed, patch=args.patch,
+                         evals=args.unet_evals)
         dsc, hd = evaluate(net, test, args.patch)
         row = {"name": name, **info, "dsc": summarise(dsc), "hd95_mm": summarise(hd), "unet_seconds": round(time.perf_counter() - t0, 1)}
         if inception is not None and name != "real":
@@ -352,6 +357,34 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"dpgan_utility{suffix}.json").write_text(json.dumps(doc, indent=1))
     (args.out / f"dpgan_utility{suffix}.md").write_text(markdown(doc))
     plot(results, args.out / f"dpgan_utility{suffix}_dsc.png")
+    print(markdown(doc))
+    return 0
+
+
+def merge(paths: list[Path], out: Path, tag: str) -> int:
+    """One report from runs of the same configuration split over processes (first 'real' row kept)."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    results, seen = [], set()
+    for d in docs:
+        for r in d["results"]:
+            if r["name"] not in seen:
+                seen.add(r["name"])
+                results.append(r)
+    real = [r for r in results if r["name"] == "real"]
+    results = real + [r for r in results if r["name"] != "real"]
+    real_dsc = results[0]["dsc"]["mean"]
+    for r in results:
+        r["dsc_ratio_to_real"] = None if r["dsc"]["mean"] is None else r["dsc"]["mean"] / real_dsc
+    doc = dict(docs[0])
+    doc["command"] = " ; ".join(d["command"] for d in docs) + f" ; then --merge {' '.join(p.name for p in paths)}"
+    doc["seconds_total"] = max(d["seconds_total"] for d in docs)
+    doc["real_rows_per_part"] = [next(r["dsc"]["mean"] for r in d["results"] if r["name"] == "real") for d in docs]
+    doc["results"] = results
+    suffix = f"_{tag}" if tag else ""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"dpgan_utility{suffix}.json").write_text(json.dumps(doc, indent=1))
+    (out / f"dpgan_utility{suffix}.md").write_text(markdown(doc))
+    plot(results, out / f"dpgan_utility{suffix}_dsc.png")
     print(markdown(doc))
     return 0
 

@@ -25,7 +25,7 @@ from agent.models.architectures import GanSpec, parse_architecture
 from agent.models.weights import sample_from_generator
 from agent.training.checkpoints import load_checkpoint, save_checkpoint
 from agent.training.export import PrivacyLabel, export_pairs
-from agent.training.gan_trainer import GanTrainer, Hyperparameters
+from agent.training.gan_trainer import GanTrainer
 from agent.training.local_round import (
     RoundPlan,
     check_plan_against_policy,
