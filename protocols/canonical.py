@@ -107,6 +107,10 @@ def _parse_int(literal: str) -> int:
     return value
 
 
+# One decoder for all calls: json.loads with hooks would build a new decoder every time.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int)
+
+
 def decode(data: bytes) -> Any:
     """Parse canonical bytes; refuse anything that is not exactly ``encode`` of its value.
 
@@ -120,7 +124,7 @@ def decode(data: bytes) -> Any:
     data = bytes(data)
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
+        value = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         if isinstance(exc, CanonicalError):
             raise
