@@ -27,6 +27,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import _config as _pynetdicom_config
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -40,6 +41,13 @@ from agent.pacs.query import InstanceRef, SeriesRef, date_range_value, server_mo
 from protocols.errors import AuthenticationError, TransportError
 
 log = logging.getLogger(__name__)
+
+# pynetdicom's standard event handlers log C-FIND/C-GET/C-MOVE identifiers (patient names, IDs) and
+# every C-STORE's SOP Instance UID; whatever logging the host process configures, none of that may
+# reach a log. Its warnings and errors are still logged.
+_pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+_pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+_pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
 
 # Received as-is so the PACS need not transcode; anything else is negotiated down to these.
 ACCEPTED_SYNTAXES = [

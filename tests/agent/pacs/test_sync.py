@@ -249,3 +249,17 @@ def test_synced_instances_reach_the_catalog_through_normal_ingest(
     assert again[0].retrieved == 0
     with Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
         assert catalog.counts() == counts
+
+
+def test_dimse_never_logs_identifiers(
+    tmp_path: Path, loaded_orthanc: Any, pacs_input_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)  # even a host process logging everything must not see datasets
+    cfg = site_config(tmp_path, dimse_source(loaded_orthanc, "c-get", filters={"modalities": ["OP"]}))
+    sync_source(cfg, cfg.sources[0])
+    uids = input_sop_uids(pacs_input_files)
+    names = {str(pydicom.dcmread(p, stop_before_pixels=True).get("PatientName", "")) for p in pacs_input_files} - {""}
+    assert caplog.text and not any(u in caplog.text for u in uids)
+    assert not any(n in caplog.text for n in names)
