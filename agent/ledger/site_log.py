@@ -82,23 +82,32 @@ class SiteClaimLog:
     def record(self, signed: SignedClaim) -> None:
         """Append ``signed`` durably; it must continue this log's claim chain.
 
+        Holds an exclusive lock on the file and re-reads it first, so two agent processes (Flower
+        runs each message in a fresh process) can never overwrite or interleave each other's
+        claims: a claim built on a stale view is refused.
+
         Raises
         ------
         ChainError
-            If ``signed`` does not carry the next ``site_seq`` and the previous claim's hash.
+            If ``signed`` does not carry the next ``site_seq`` and the previous claim's hash (also
+            when another process recorded a claim since this one was built: build it again).
         """
+        import fcntl
+
         claim = signed.claim
-        if claim.site_seq != self.next_seq or claim.site_prev != self.last_hash:
-            raise ChainError(
-                f"claim {claim.site_seq} does not continue the site claim log (expected site_seq {self.next_seq} and "
-                f"the hash of claim {self.next_seq - 1}); build claims with SiteClaimLog.new_claim"
-            )
-        if self._claims and self._claims[0].claim.site != claim.site:
-            raise ChainError(f"claim of site {claim.site} cannot go into the log of site {self._claims[0].claim.site}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released by close()
+            self._claims, self._complete_size, self._torn = self._read()
+            if claim.site_seq != self.next_seq or claim.site_prev != self.last_hash:
+                raise ChainError(
+                    f"claim {claim.site_seq} does not continue the site claim log (expected site_seq {self.next_seq} "
+                    f"and the hash of claim {self.next_seq - 1}); build claims with SiteClaimLog.new_claim"
+                )
+            if self._claims and self._claims[0].claim.site != claim.site:
+                raise ChainError(f"claim of site {claim.site} cannot go into the log of site {self._claims[0].claim.site}")
             if self._torn:
                 log.warning("removing %d bytes of an interrupted write from %s", self._torn, self.path.name)
             os.ftruncate(fd, self._complete_size)  # drops a torn tail; no-op otherwise

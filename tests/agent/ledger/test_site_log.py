@@ -89,3 +89,14 @@ def test_comparison_finds_omission_and_alteration(tmp_path, key) -> None:
     altered = dataclasses.replace(entries[1], signed=dataclasses.replace(entries[1].signed, signature=entries[0].signed.signature))
     found = compare_with_ledger(log.claims()[:2], [entries[0], altered], site="hospital-a")
     assert [(d.kind, d.site_seq, d.ledger_seq) for d in found] == [(DiscrepancyKind.ALTERED, 1, 1)]
+
+
+def test_claim_built_on_a_stale_view_is_refused_not_overwriting(tmp_path, key) -> None:
+    path = tmp_path / "claims.jsonl"
+    first, second = SiteClaimLog(path), SiteClaimLog(path)  # two agent processes
+    stale = _claim(second, key, 0, _eps(1), 0.0)
+    first.record(sign_claim(_claim(first, key, 0, _eps(1), 0.0), key))
+    with pytest.raises(ChainError, match="does not continue the site claim log"):
+        second.record(sign_claim(stale, key))
+    second.record(sign_claim(_claim(second, key, 1, _eps(2), _eps(1)), key))  # rebuilt on the fresh view
+    assert [c.claim.site_seq for c in SiteClaimLog(path).claims()] == [0, 1]
