@@ -45,6 +45,7 @@ class Ledger:
         self._torn_bytes = torn_bytes
         self._repair = repair_torn_tail
         self._last_hash = entries[-1].entry_hash if entries else GENESIS
+        self._by_claim = {(e.claim.site, e.claim.site_seq): e.seq for e in entries}
 
     @classmethod
     def open(cls, path: Path, coordinator_key: SigningKey, *, repair_torn_tail: bool = True) -> "Ledger":
@@ -121,6 +122,11 @@ class Ledger:
         ds = self._tracker.state(site).datasets.get(dataset)
         return ds.cumulative if ds else 0.0
 
+    def find_claim(self, site: str, site_seq: int) -> LedgerEntry | None:
+        """The entry holding claim ``site_seq`` of ``site``, if recorded."""
+        seq = self._by_claim.get((site, site_seq))
+        return None if seq is None else self._entries[seq]
+
     def check_site_claim(self, signed: SignedClaim, site_public_key: VerifyKey) -> None:
         """Everything :meth:`append_site_claim` checks, without appending.
 
@@ -135,6 +141,9 @@ class Ledger:
     def append_site_claim(self, signed: SignedClaim, site_public_key: VerifyKey) -> LedgerEntry:
         """Check ``signed``, countersign it and append it durably; return the new entry.
 
+        Sending the identical signed claim again (a retry) returns the entry already recorded and
+        appends nothing; a *different* claim under a recorded claim number is refused.
+
         Raises
         ------
         SignatureError
@@ -148,11 +157,18 @@ class Ledger:
             If a k-anonymity release violates its own minimum k.
         """
         signed.verify(site_public_key)
+        existing = self.find_claim(signed.claim.site, signed.claim.site_seq)
+        if existing is not None and existing.signed == signed:
+            # A retry after a lost acknowledgement: the claim is already recorded, nothing to add.
+            log.info("site %s claim %d is already ledger entry %d; not appended again",
+                     signed.claim.site, signed.claim.site_seq, existing.seq)
+            return existing
         planned = self._tracker.check(signed.claim)
         self._repair_torn_tail()
         entry = countersign(signed, seq=len(self._entries), prev=self._last_hash, key=self._key, received_at=utc_now())
         self._file.append(entry.line + b"\n")
         self._entries.append(entry)
+        self._by_claim[(signed.claim.site, signed.claim.site_seq)] = entry.seq
         self._last_hash = entry.entry_hash
         self._tracker.accept(signed.claim, planned)
         write_head(head_path_for(self.path), sign_head(count=len(self._entries), last_hash=self._last_hash, key=self._key))

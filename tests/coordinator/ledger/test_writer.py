@@ -59,11 +59,20 @@ def test_claim_signed_by_another_site_is_refused(tmp_path, coordinator_key, clai
         assert len(ledger) == 0
 
 
-def test_replayed_claim_is_refused(tmp_path, coordinator_key, claims, site_public) -> None:
+def test_resent_claim_is_recorded_once(tmp_path, coordinator_key, claims, site_public) -> None:
+    with Ledger.open(tmp_path / "l.jsonl", coordinator_key) as ledger:
+        first = ledger.append_site_claim(claims[0], site_public["hospital-a"])
+        assert ledger.append_site_claim(claims[0], site_public["hospital-a"]) == first
+        assert len(ledger) == 1 and ledger.find_claim("hospital-a", 0) == first
+
+
+def test_other_claim_under_a_recorded_number_is_refused(tmp_path, coordinator_key, claims, site_keys, site_public) -> None:
+    equivocation = _resign(claims[0], site_keys["hospital-a"], round=7)
     with Ledger.open(tmp_path / "l.jsonl", coordinator_key) as ledger:
         ledger.append_site_claim(claims[0], site_public["hospital-a"])
         with pytest.raises(ChainError, match="replayed or duplicated"):
-            ledger.append_site_claim(claims[0], site_public["hospital-a"])
+            ledger.append_site_claim(equivocation, site_public["hospital-a"])
+        assert len(ledger) == 1
 
 
 def test_missing_claim_is_refused(tmp_path, coordinator_key, claims, site_public) -> None:
