@@ -22,7 +22,8 @@ Invariants (checked by ``coordinator.ledger`` on append and ``coordinator.audit`
 - Epsilon (``epsilon`` = increase of the site's cumulative epsilon for ``dataset`` caused by this
   claim; ``cumulative_epsilon`` = epsilon of composing every DP-SGD claim of that site and dataset
   so far, at the mechanism's ``delta``) depends on the mechanism kind:
-  ``dp-sgd``: finite, >= 0; ``none`` (non-DP baseline): both are infinite, written ``"inf"``;
+  ``dp-sgd``: finite, >= 0; ``none`` (non-DP baseline): both are infinite, written ``"inf"``
+  (it does not enter the DP composition; later DP-SGD claims on that dataset are refused);
   ``k-anonymity`` and ``post-processing``: ``epsilon`` is 0.0 (no new DP cost; the k-anonymity
   guarantee is in ``kanon``) and ``cumulative_epsilon`` repeats the previous value.
 

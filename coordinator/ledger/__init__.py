@@ -13,6 +13,12 @@ Public API (plain Python; the Flower ServerApp only calls these)::
         entry = ledger.append_site_claim(signed, site_keys[signed.claim.site])
         ledger.cumulative_epsilon("hospital-a", "tof")            # what the budget tracker reads
         ledger.site_state("hospital-a").next_seq                  # to ask a site to resend claims
+        ledger.find_claim("hospital-a", 3)                        # entry holding that claim, or None
+
+Re-sending an identical signed claim returns the recorded entry (safe retries). Refusals raise
+SignatureError, ChainError (replayed, equivocating or missing claims), AccountingError (epsilon
+inconsistent with the site's history or with the dp-accounting recomputation) or KAnonymityError,
+each naming the site and its claim number; nothing is appended then.
 
 Files: ``ledger.jsonl`` (one canonical JSON line per :class:`protocols.ledger.LedgerEntry`) and
 ``ledger.jsonl.head`` (signed entry count and last hash, see :mod:`coordinator.ledger.head`).
