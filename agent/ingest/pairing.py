@@ -14,6 +14,7 @@ reset and the new ones written in one transaction, so a crash never leaves a hal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 from pathlib import Path
@@ -32,6 +33,14 @@ from agent.ingest.series_assembly import StackGeometry, to_canonical
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Problem:
+    path_key: str
+    path_enc: bytes | None  # None: look it up in the files table
+    reason: Reason
+    detail: str
+
+
 class Pairing:
     """Collects pair-stage quarantine entries and series updates, then writes them at once."""
 
@@ -39,13 +48,13 @@ class Pairing:
         self.catalog = catalog
         self.cache = cache
         self.run_id = run_id
-        self.problems: list[tuple[str, bytes | None, Path | None, Reason, str]] = []
+        self.problems: list[_Problem] = []
         self.updates: dict[str, dict] = {}
         self.label_volumes_built = 0
 
     def _hold(self, series: SeriesRow, reason: Reason, detail: str) -> None:
         for path_key in self.catalog.series_files(series.key):
-            self.problems.append((path_key, None, None, reason, detail))
+            self.problems.append(_Problem(path_key, None, reason, detail))
         self.updates.setdefault(series.key, {})["status"] = "held"
 
     def pair_segs(self) -> None:
@@ -92,7 +101,7 @@ class Pairing:
             if row.label is not None and not row.label.is_file():
                 key = path_keys.get(row.image)
                 if key is not None:
-                    self.problems.append((key, None, None, Reason.MISSING_LABEL, "manifest names a label file that does not exist"))
+                    self.problems.append(_Problem(key, None, Reason.MISSING_LABEL, "manifest names a label file that does not exist"))
                     series = self._series_of_file(key)
                     if series is not None:
                         self.updates.setdefault(series, {})["status"] = "held"
@@ -103,11 +112,11 @@ class Pairing:
             try:
                 good, bad = read_grades(csv_path)
             except Quarantined as exc:
-                self.problems.append((secrets.path_key(csv_path), secrets.encrypt_path(csv_path), csv_path, exc.reason, exc.detail))
+                self.problems.append(_Problem(secrets.path_key(csv_path), secrets.encrypt_path(csv_path), exc.reason, exc.detail))
                 continue
             for row in bad:
                 key = secrets.path_key(row.path)
-                self.problems.append((key, secrets.encrypt_path(row.path), row.path, row.reason, row.detail))
+                self.problems.append(_Problem(key, secrets.encrypt_path(row.path), row.reason, row.detail))
                 series = self._series_of_file(key)
                 if series is not None:
                     self.updates.setdefault(series, {})["status"] = "held"
@@ -130,19 +139,18 @@ class Pairing:
             c.execute("UPDATE series SET status='ok' WHERE status='held'")
             c.execute("UPDATE series SET label_key=NULL, label_cache_key=NULL, grade=NULL")
             self.catalog.clear_quarantine(c, stage="pair")
-            for key, enc, _path, reason, detail in self.problems:
+            for p in self.problems:
+                enc = p.path_enc or _path_enc(c, p.path_key)
                 if enc is None:
-                    enc = _path_enc(c, key)
-                    if enc is None:
-                        continue
-                self.catalog.add_quarantine(c, path_key=key, path_enc=enc, reason=reason.value, detail=detail,
-                                            content_hash=_hash(c, key), stage="pair", run_id=self.run_id)
+                    continue
+                self.catalog.add_quarantine(c, path_key=p.path_key, path_enc=enc, reason=p.reason.value, detail=p.detail,
+                                            content_hash=_hash(c, p.path_key), stage="pair", run_id=self.run_id)
             for key, fields in self.updates.items():
                 if "patient_key" in fields:
                     self.catalog.upsert_patient(c, fields["patient_key"], "grades-csv")
                 self.catalog.set_series_fields(c, key, **fields)
-        for _key, _enc, _path, reason, _detail in self.problems:
-            log.warning("quarantined at pairing: %s", reason.value)
+        for p in self.problems:
+            log.warning("quarantined at pairing: %s (file %s)", p.reason.value, p.path_key[:12])
 
 
 def _path_enc(c: sqlite3.Connection, key: str) -> bytes | None:
