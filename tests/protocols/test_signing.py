@@ -81,3 +81,17 @@ def test_key_folder_maps_names_to_keys(tmp_path, key) -> None:
         load_key_directory(tmp_path)
     with pytest.raises(BadInputError, match="holds no \\*.pub files"):
         load_key_directory(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
+
+
+def test_libsodium_and_openssl_agree(key, monkeypatch) -> None:
+    import protocols.signing as signing
+
+    if signing._sodium_open is None:
+        pytest.skip("PyNaCl not installed: only the OpenSSL backend exists")
+    good = key.sign(domain=b"d", payload=b"payload")
+    bad = key.sign(domain=b"d", payload=b"other")
+    results = []
+    for backend in (signing._sodium_open, None):
+        monkeypatch.setattr(signing, "_sodium_open", backend)
+        results.append([key.public.is_valid(s, domain=b"d", payload=b"payload") for s in (good, bad, good[:-4] + "AA==")])
+    assert results[0] == results[1] == [True, False, False]
