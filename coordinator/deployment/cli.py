@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=2, help="federated rounds (default 2)")
     p.add_argument("--local-steps", type=int, default=1, help="DP critic steps per site per round (default 1)")
     p.add_argument("--synth-count", type=int, default=4, help="synthetic pairs per site (default 4)")
-    p.add_argument("--cpus-per-site", type=float, default=1.0, help="Ray CPUs per virtual site (default 1)")
+    p.add_argument("--cpus-per-site", type=int, default=1, help="Ray CPUs per virtual site (default 1)")
     p.set_defaults(handler=_simulate)
 
     p = sub.add_parser("coordinator", help="coordinator tools: certificates, store export")

@@ -29,7 +29,7 @@ class SimulationOptions:
     rounds: int = 2
     local_steps: int = 1
     synth_count: int = 4
-    cpus_per_site: float = 1.0
+    cpus_per_site: int = 1
     timeout_s: float = 7200.0
 
 
@@ -59,7 +59,7 @@ def run_simulation_cli(opts: SimulationOptions) -> int:
             "patches-per-volume": 4, "expected-batch-patients": 2, "synth-count": opts.synth_count,
             "min-sites": len(configs), "output-dir": str(output), "simulation-configs": str(phantoms / "configs"),
         }, timeout_s=opts.timeout_s, federation_config={
-            "num-supernodes": len(configs), "client-resources-num-cpus": float(opts.cpus_per_site),
+            "num-supernodes": len(configs), "client-resources-num-cpus": int(opts.cpus_per_site),
         })
         seen = 0
         deadline = started + opts.timeout_s
