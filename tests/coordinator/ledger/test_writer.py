@@ -154,3 +154,12 @@ def test_dp_claim_after_a_non_dp_release_is_refused(tmp_path, coordinator_key, s
         ledger.append_site_claim(sign_claim(nodp, key), site_public["hospital-a"])
         with pytest.raises(AccountingError, match="already released WITHOUT differential privacy"):
             ledger.append_site_claim(sign_claim(dp, key), site_public["hospital-a"])
+
+
+def test_ledger_of_another_coordinator_is_not_extended(tmp_path, coordinator_key, claims, site_public) -> None:
+    from protocols.signing import SigningKey
+
+    path = tmp_path / "ledger.jsonl"
+    _append_all(path, coordinator_key, claims[:2], site_public)
+    with pytest.raises(SignatureError, match="entry 0 was countersigned by key"):
+        Ledger.open(path, SigningKey.generate())
