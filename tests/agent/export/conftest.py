@@ -27,9 +27,16 @@ def generator_pairs() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def averaged_fundus(tiny_fundus) -> np.ndarray:  # noqa: ANN001 - fixture from tests/conftest.py
-    """k-Same-Pixel style averages of 3 phantom fundus photographs each: (n, H, W, 3) uint8."""
-    rgb = np.stack([f.rgb for f in tiny_fundus[:9]]).astype(np.float32)
-    return np.rint(rgb.reshape(3, 3, *rgb.shape[1:]).mean(axis=1)).astype(np.uint8)
+    """Group averages from the project's k-anonymous clustering (k=3 patients) and k-Same-Pixel:
+    (groups, H, W, 3) uint8, as a k-SALSA release hands them to the DICOM writer."""
+    from agent.ksalsa.baselines import k_same_pixel, to_tensor, to_uint8
+    from agent.ksalsa.clustering import cluster_by_patient
+
+    images = to_tensor([f.rgb for f in tiny_fundus])
+    keys = [f.patient_key for f in tiny_fundus]
+    codes = images[:, :, ::8, ::8].reshape(len(keys), -1).numpy()  # coarse pixels stand in for W+ codes
+    clustering = cluster_by_patient(codes, keys, k=3)
+    return to_uint8(k_same_pixel(images, clustering, keys))
 
 
 @pytest.fixture()

@@ -13,10 +13,15 @@ from agent.export.validation import have_dciodvfy, validate_file
 from protocols.errors import BadInputError
 
 
+def _lats(n: int) -> list[str]:
+    assert n >= 3, "the fixture must give at least 3 group averages"
+    return (["R", "L", "B"] * n)[:n]
+
+
 @pytest.mark.skipif(not have_dciodvfy(), reason="dciodvfy (dicom3tools) not installed")
 @pytest.mark.parametrize("iod", list(FundusIod))
 def test_every_file_passes_dciodvfy(tmp_path: Path, averaged_fundus: np.ndarray, ksalsa_provenance, iod: FundusIod) -> None:  # noqa: ANN001
-    export = write_fundus_images(averaged_fundus, tmp_path, provenance=ksalsa_provenance, laterality=["R", "L", "B"], iod=iod)
+    export = write_fundus_images(averaged_fundus, tmp_path, provenance=ksalsa_provenance, laterality=_lats(len(averaged_fundus)), iod=iod)
     for path in export.files:
         findings = validate_file(path)
         assert findings.ok, (path.name, findings.errors)
@@ -25,7 +30,7 @@ def test_every_file_passes_dciodvfy(tmp_path: Path, averaged_fundus: np.ndarray,
 
 @pytest.mark.parametrize("iod", list(FundusIod))
 def test_pixels_laterality_and_markers(tmp_path: Path, averaged_fundus: np.ndarray, ksalsa_provenance, iod: FundusIod) -> None:  # noqa: ANN001
-    export = write_fundus_images(averaged_fundus, tmp_path, provenance=ksalsa_provenance, laterality=["R", "L", "B"], iod=iod)
+    export = write_fundus_images(averaged_fundus, tmp_path, provenance=ksalsa_provenance, laterality=_lats(len(averaged_fundus)), iod=iod)
     for i, path in enumerate(export.files):
         ds = pydicom.dcmread(path)
         assert ds.Modality == "OP"
