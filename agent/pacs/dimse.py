@@ -65,8 +65,9 @@ ACCEPTED_SYNTAXES = [
 _MAX_CONTEXTS = 128
 # C-GET: uncompressed in one context (any PACS can convert between them), each compressed syntax alone.
 _SYNTAX_GROUPS = [[ExplicitVRLittleEndian, ImplicitVRLittleEndian]] + [[ts] for ts in ACCEPTED_SYNTAXES[2:]]
-# Without SOP classes from C-FIND, propose the most common storage classes (all syntaxes each).
-_PER_UNKNOWN = (_MAX_CONTEXTS - 1) // len(_SYNTAX_GROUPS)
+# SOP classes that fit one association next to the C-GET context (also how many common storage
+# classes are proposed when C-FIND returned no SOP classes).
+_CLASSES_PER_ASSOC = (_MAX_CONTEXTS - 1) // len(_SYNTAX_GROUPS)
 _SUCCESS, _PENDING = 0x0000, (0xFF00, 0xFF01)
 
 
@@ -228,12 +229,11 @@ class DimseClient:
         for ref in instances:
             by_class.setdefault(ref.sop_class_uid, []).append(ref)
         classes = sorted(by_class)
-        per_assoc = (_MAX_CONTEXTS - 1) // len(_SYNTAX_GROUPS)
-        if whole_series and len(classes) <= per_assoc:
+        if whole_series and len(classes) <= _CLASSES_PER_ASSOC:
             self._c_get_group(classes, list(instances), sink, whole_series=True)
             return
-        for start in range(0, len(classes), per_assoc):
-            group = classes[start : start + per_assoc]
+        for start in range(0, len(classes), _CLASSES_PER_ASSOC):
+            group = classes[start : start + _CLASSES_PER_ASSOC]
             self._c_get_group(group, [r for uid in group for r in by_class[uid]], sink)
 
     def _c_get_group(
@@ -241,7 +241,7 @@ class DimseClient:
     ) -> None:
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        storage = [uid for uid in classes if uid] or [cx.abstract_syntax for cx in StoragePresentationContexts[:_PER_UNKNOWN]]
+        storage = [uid for uid in classes if uid] or [cx.abstract_syntax for cx in StoragePresentationContexts[:_CLASSES_PER_ASSOC]]
         roles = []
         for uid in storage:
             for syntaxes in _SYNTAX_GROUPS:
