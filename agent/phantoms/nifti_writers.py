@@ -3,7 +3,9 @@
 The patient identifier is the text before the first underscore (the naming rule ingest relies on).
 Arrays are stored in NIfTI's (i, j, k) = (x, y, z) order with a diagonal affine whose column norms
 are the voxel spacing, so ``np.asarray(img.dataobj).transpose(2, 1, 0)`` gives back the (z, y, x)
-volume. Files are gzip-compressed with a fixed header time so the same seed gives the same bytes.
+volume. The affine places every voxel at the same physical (RAS) point as the DICOM encoding (LPS,
+rows along +y, columns along +x), so a study reads back identically whichever format it was
+written in. Files are gzip-compressed with a fixed header time so the same seed gives the same bytes.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def write_nifti_pair(folder: Path, *, patient_id: str, study_label: str, study: 
 def _affine(study: TofStudy) -> np.ndarray:
     nz, ny, nx = study.image.shape
     dz, dy, dx = study.spacing_mm
-    affine = np.diag([dx, dy, dz, 1.0])
-    affine[:3, 3] = -0.5 * np.array([(nx - 1) * dx, (ny - 1) * dy, (nz - 1) * dz])
+    # DICOM voxel (i, j, k) sits at LPS origin + (i dx, j dy, k dz); RAS negates x and y.
+    lps_origin = -0.5 * np.array([(nx - 1) * dx, (ny - 1) * dy, (nz - 1) * dz])
+    affine = np.diag([-dx, -dy, dz, 1.0])
+    affine[:3, 3] = lps_origin * np.array([-1.0, -1.0, 1.0])
     return affine

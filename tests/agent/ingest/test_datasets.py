@@ -44,17 +44,21 @@ def test_labeled_volumes_are_the_phantom_studies_with_their_exact_labels(ingeste
     volumes = load_labeled_volumes(ingested, angio_only=True)
     assert len(volumes) == summary.tof_dicom_studies + summary.tof_nifti_studies == len(truth)
     matched = set()
+    flips_used = set()
     for vol in volumes:
         hits = [(i, flip) for i, t in enumerate(truth) for flip in FLIPS
                 if t.label.shape == vol.label.shape and np.array_equal(np.flip(t.label, flip) if flip else t.label, vol.label)]
         assert len(hits) >= 1, "label does not match any phantom study under an axis flip"
         i, flip = hits[0]
         matched.add(i)
+        flips_used.add(flip)
         image = np.flip(truth[i].image, flip) if flip else truth[i].image
         assert np.corrcoef(image.ravel(), vol.image.ravel())[0, 1] > 0.99
         assert vol.spacing_mm == pytest.approx(truth[i].spacing_mm, rel=1e-5)
         assert vol.image.dtype == np.float32 and vol.label.dtype == np.uint8
     assert matched == set(range(len(truth)))
+    # DICOM (LPS) and NIfTI (RAS) studies share one physical frame, so one canonical flip fits all.
+    assert len(flips_used) == 1, f"DICOM and NIfTI studies read back in different orientations: {flips_used}"
     # one patient has two studies in different formats: keys must join them
     assert len({v.patient_key for v in volumes}) == len(summary.tof_patient_ids)
 
