@@ -62,7 +62,14 @@ class EqualConv2d(nn.Module):
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool,
                      eps: float = 1e-8) -> torch.Tensor:
-    """Per-sample modulated (and optionally demodulated) convolution as one grouped convolution.
+    """Per-sample modulated (and optionally demodulated) convolution (StyleGAN2 eqs. 1-3).
+
+    Mathematically each sample i is convolved with its own kernel ``w_i = w * s_i`` (scaled per
+    input channel) divided per output channel by ``sqrt(sum w_i^2 + eps)``. Computed without
+    building per-sample kernels (NVlabs' non-fused path): scale the input channels by ``s_i``, run
+    one ordinary batched convolution with the shared kernel, then scale each output channel by the
+    demodulation coefficient ``rsqrt(sum_{c,k} w[o,c,k]^2 s_i[c]^2 + eps)``. On CPU this is several
+    times faster than the grouped convolution.
 
     Parameters
     ----------
@@ -76,17 +83,17 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     ValueError
         If the shapes do not agree.
     """
-    b, c_in, h, w = x.shape
+    b, c_in = x.shape[:2]
     c_out, c_in_w, k, _ = weight.shape
-    if c_in_w != c_in or styles.shape != (b, c_in):
+    if x.ndim != 4 or c_in_w != c_in or styles.shape != (b, c_in):
         raise ValueError(f"modulated_conv2d: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
                          f"styles {tuple(styles.shape)} do not agree (need styles (B, C_in))")
-    w_mod = weight.unsqueeze(0) * styles.view(b, 1, c_in, 1, 1)  # (B, C_out, C_in, k, k)
+    out = F.conv2d(x * styles.view(b, c_in, 1, 1), weight, padding=k // 2)
     if demodulate:
-        w_mod = w_mod * torch.rsqrt(w_mod.square().sum(dim=(2, 3, 4), keepdim=True) + eps)
-    # Grouped conv: each sample is one group, so every sample sees its own kernel in one call.
-    out = F.conv2d(x.reshape(1, b * c_in, h, w), w_mod.reshape(b * c_out, c_in, k, k), padding=k // 2, groups=b)
-    return out.reshape(b, c_out, h, w)
+        # sum_{c,k} (w[o,c,k] s[c])^2 = (s^2) @ (sum_k w^2)^T: a (B, C_in) x (C_in, C_out) product.
+        coeff = torch.rsqrt(styles.square() @ weight.square().sum(dim=(2, 3)).t() + eps)
+        out = out * coeff.view(b, c_out, 1, 1)
+    return out
 
 
 class ModulatedConv2d(nn.Module):

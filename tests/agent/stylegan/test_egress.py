@@ -1,7 +1,8 @@
 """A ``local`` StyleGAN (no DP) must never leave the site: the model's own check and the guard's."""
 
+import dataclasses
+
 import pytest
-import torch
 
 from agent.stylegan.checkpoint import generator_arrays_for_release, load_checkpoint
 from agent.stylegan.config import TrainingConfig, TrainingMode
@@ -19,13 +20,12 @@ def _local_weights(tiny_arch):
 
 
 def _reply_with(arrays):
-    reply = messages.TrainReply(
-        run_id="run-1", round=1, site_id="hospital-a", task=Task.STYLEGAN_LOCAL, num_patients=10,
-        weights_sha256=messages.weights_sha256(arrays), epsilon_round=0.0, epsilon_cumulative=0.0, delta=1e-5,
-        unit=PrivacyUnit.PATIENT, noise_multiplier=None, sample_rate=None, steps=None, max_grad_norm=None,
-        accountant=None, claim=None,
-    )
-    return messages.Envelope(reply, arrays=arrays)
+    given = dict(run_id="run-1", round=1, site_id="hospital-a", task=Task.STYLEGAN_LOCAL, num_patients=10,
+                 weights_sha256=messages.weights_sha256(arrays), epsilon_round=0.0, epsilon_cumulative=0.0,
+                 delta=1e-5, unit=PrivacyUnit.PATIENT)
+    # Optional mechanism fields (and any added later) stay None: a local model has no mechanism.
+    fields = {f.name: given.get(f.name) for f in dataclasses.fields(messages.TrainReply)}
+    return messages.Envelope(messages.TrainReply(**fields), arrays=arrays)
 
 
 def test_local_checkpoint_cannot_be_exported(tiny_arch, tmp_path):
