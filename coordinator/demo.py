@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from typing import Sequence
 
 from coordinator.deployment.loopback import CHILD_ENV, LoopbackFederation, tool
 from coordinator.deployment.pki import ServerPki
-from protocols.errors import AnonfedError, TransportError
+from protocols.errors import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ def run_demo(opts: DemoOptions) -> int:
     """
     paths = DemoPaths(Path(opts.out).resolve())
     paths.root.mkdir(parents=True, exist_ok=True)
+    # A demo starts from fresh sites and a fresh coordinator; only the generated phantom images are
+    # reused (same spec, same pixels). Site state (catalog, accountant, keys, claims) is rebuilt.
+    for stale in (paths.phantoms / "state", paths.coordinator, paths.enrolled, paths.federation,
+                  paths.root / "synthetic-dataset", paths.root / "logs"):
+        shutil.rmtree(stale, ignore_errors=True)
     started = time.monotonic()
     _sigterm_as_interrupt()
     step = _Stepper(started)
@@ -117,7 +123,6 @@ def run_demo(opts: DemoOptions) -> int:
         shutil.copyfile(pub, paths.keys / "public" / pub.name)  # what a site hands over at enrollment
     pki = ServerPki(paths.coordinator / "ca.crt", paths.coordinator / "server.pem", paths.coordinator / "server.key")
 
-    shutil.rmtree(paths.federation, ignore_errors=True)  # a fresh SuperLink database per demo run
     summary: dict = {}
     with LoopbackFederation(paths.federation, pki) as fed:
         port = fed.start_superlink()
@@ -165,8 +170,6 @@ class _Stepper:
 def _anonfed(args: Sequence[str], paths: DemoPaths, name: str, *, check: bool = True, show: bool = False) -> int:
     log_path = paths.root / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    import os
-
     env = {**os.environ, **CHILD_ENV}
     with open(log_path, "w", encoding="utf-8") as fh:
         proc = subprocess.run([tool("anonfed"), *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -244,4 +247,4 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-__all__ = ["DemoOptions", "run_demo", "AnonfedError"]
+__all__ = ["DemoOptions", "run_demo"]

@@ -196,11 +196,19 @@ class LoopbackFederation:
         return any(c.name == name and c.proc.poll() is None for c in self.children)
 
     def stop(self, *, grace_s: float = 10.0) -> None:
-        """Stop every child (SIGTERM to its process group, SIGKILL after ``grace_s``), newest first."""
+        """Stop every child (SIGTERM to its process group, SIGKILL after ``grace_s``), newest first.
+
+        Flower starts some helpers in sessions of their own (the SuperLink's SuperExec and ServerApp
+        process); they are found as descendants of our children and stopped too.
+        """
+        helpers = [pid for child in self.children if child.proc.poll() is None for pid in _descendants(child.proc.pid)]
         for child in reversed(self.children):
             if child.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.proc.pid, signal.SIGTERM)
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for child in reversed(self.children):
             try:
@@ -213,7 +221,33 @@ class LoopbackFederation:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.proc.pid, signal.SIGKILL)
             child.log_file.close()
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         self.children.clear()
+
+
+def _descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, stack = [], [pid]
+    while stack:
+        for kid in children.get(stack.pop(), []):
+            out.append(kid)
+            stack.append(kid)
+    return out
 
 
 def _toml(value: object) -> str:
