@@ -70,11 +70,12 @@ def k_same_pixel(images: torch.Tensor, clustering: Clustering, patient_keys: Seq
 
 
 def k_same_eigen(images: torch.Tensor, clustering: Clustering, patient_keys: Sequence[str], *,
-                 components: int | None = None) -> torch.Tensor:
+                 components: int | None = None, variance: float = 0.9) -> torch.Tensor:
     """k-Same-Eigen: average each group's coefficients in a PCA basis of all N images, reconstruct.
 
-    ``components`` defaults to ``min(N - 1, 64)``; with ``N - 1`` components the basis spans every
-    image and the result equals k-Same-Pixel (a test checks this).
+    ``components`` defaults to the fewest eigenvectors that explain ``variance`` of the images'
+    variance (eigenfaces keep the leading components); with ``N - 1`` components the basis spans
+    every image and the result equals k-Same-Pixel (a test checks this).
 
     Raises
     ------
@@ -83,13 +84,18 @@ def k_same_eigen(images: torch.Tensor, clustering: Clustering, patient_keys: Seq
     """
     _check_images(images)
     n = images.shape[0]
-    m = min(n - 1, 64) if components is None else components
-    if not 1 <= m <= max(n - 1, 1):
-        raise BadInputError(f"components: expected 1..{n - 1} for {n} images, got {m}")
+    if components is not None and not 1 <= components <= max(n - 1, 1):
+        raise BadInputError(f"components: expected 1..{n - 1} for {n} images, got {components}")
+    if not 0.0 < variance <= 1.0:
+        raise BadInputError(f"variance: expected a fraction in (0, 1], got {variance}")
     flat = images.reshape(n, -1).to(torch.float64)
     mean = flat.mean(dim=0, keepdim=True)
     # Eigenvectors of the image covariance = right singular vectors of the centred data.
-    _, _, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+    _, sv, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+    if components is None:
+        explained = torch.cumsum(sv.square(), 0) / sv.square().sum().clamp_min(1e-300)
+        components = int(torch.searchsorted(explained, torch.tensor(variance, dtype=explained.dtype))) + 1
+    m = max(1, min(components, n - 1))
     basis = vh[:m]  # (m, D)
     coeffs = (flat - mean) @ basis.T  # (N, m)
     group_coeffs = weighted_group_means(coeffs, clustering, patient_keys)

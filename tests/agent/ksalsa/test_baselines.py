@@ -74,3 +74,18 @@ def test_centroid_latents_shape_and_value() -> None:
 def test_uint8_round_trip() -> None:
     rgb = [np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(2)]
     np.testing.assert_array_equal(to_uint8(to_tensor(rgb)), np.stack(rgb))
+
+
+def test_k_same_eigen_keeps_the_leading_components_by_default() -> None:
+    """Images on a 2-D affine subspace plus tiny noise: 90 % of the variance needs 2 components, and
+    the default basis reproduces the pixel mean up to the noise."""
+    g = torch.Generator().manual_seed(2)
+    basis = torch.randn((2, 3 * 8 * 8), generator=g)
+    coeffs = torch.randn((10, 2), generator=g)
+    images = (0.1 * (coeffs @ basis) + 1e-4 * torch.randn((10, 3 * 8 * 8), generator=g)).reshape(10, 3, 8, 8)
+    keys = [f"p{i}" for i in range(10)]
+    clustering = cluster_by_patient(images.flatten(1).numpy(), keys, k=3)
+    out = k_same_eigen(images, clustering, keys)
+    torch.testing.assert_close(out, k_same_pixel(images, clustering, keys), atol=1e-3, rtol=0)
+    with pytest.raises(BadInputError, match="variance: expected a fraction"):
+        k_same_eigen(images, clustering, keys, variance=1.5)
