@@ -96,3 +96,22 @@ def test_push_failure_keeps_the_release(tmp_path: Path, monkeypatch: pytest.Monk
     release = export_release(cfg, release_id="k1", provenance=SyntheticProvenance(Task.KSALSA, "hospital-a", k=5), fundus_images=images)
     assert release.pushed == () and "cannot reach DICOMweb server" in (release.push_error or "")
     assert all(p.is_file() for p in release.files) and len(release.files) == 2
+
+
+def test_pushed_outputs_sync_back_into_the_catalog(
+    tmp_path: Path, empty_orthanc: Any, synthetic_files: list[Path], pacs_password: str
+) -> None:
+    """Round trip: synthetic DICOM pushed to the PACS is found, retrieved and catalogued again."""
+    from agent.ingest.catalog import Catalog
+    from agent.pacs.sync import sync_and_ingest
+
+    source = _destination(empty_orthanc, "dicomweb") | {"name": "research", "destination": "self"}
+    raw = {"site_id": "hospital-a", "sources": [source], "state_dir": "state", "privacy": {"max_epsilon": 8, "delta": 1e-5}}
+    cfg = parse_site_config(raw, base_dir=tmp_path)
+    push_to_site_destinations(cfg, synthetic_files)
+    (report,) = sync_and_ingest(cfg)
+    assert report.retrieved == len(synthetic_files)
+    with Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
+        files = catalog.counts()["files"]
+    images = [p for p in synthetic_files if not p.name.endswith("-label.dcm")]
+    assert files.get("dicom-sc", 0) + files.get("dicom-op", 0) == len(images)
