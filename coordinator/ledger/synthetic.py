@@ -36,11 +36,13 @@ def synthetic_claims(
     delta: float = 1e-5,
     ksalsa_every: int = 0,
     run_id: str = "run-synthetic",
+    sample_rates: Mapping[str, float] | None = None,
 ) -> list[SignedClaim]:
     """Signed claims for ``rounds`` rounds of every site, in round-major order.
 
     Every ``ksalsa_every``-th round (if > 0) each site also releases a k-anonymous set of
-    clusters (k = 5) on dataset ``fundus``.
+    clusters (k = 5) on dataset ``fundus``. ``sample_rates`` gives sites their own sampling rate
+    (sites differ in size), so each site has its own DP history.
     """
     rec = EpsilonRecomputer()
     state = {site: (EpsilonRecomputer.EMPTY, 0.0, GENESIS, 0) for site in site_keys}
@@ -48,13 +50,14 @@ def synthetic_claims(
     for rnd in range(rounds):
         for site, key in site_keys.items():
             history, cum, prev, seq = state[site]
-            history = rec.extend(history, sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps)
+            q = (sample_rates or {}).get(site, sample_rate)
+            history = rec.extend(history, sample_rate=q, noise_multiplier=noise_multiplier, steps=steps)
             new_cum = rec.rdp_epsilon(history, delta)
             digest = f"{(rnd * 7919 + seq) % (2**64):016x}" * 4
             claim = make_claim(
                 run_id=run_id, round=rnd, site=site, site_seq=seq, site_prev=prev, key_id=key.key_id,
                 task=Task.DPGAN, dataset=dataset,
-                mechanism=DpSgdMechanism(noise_multiplier, sample_rate, steps, 1.0, delta, PrivacyUnit.PATIENT,
+                mechanism=DpSgdMechanism(noise_multiplier, q, steps, 1.0, delta, PrivacyUnit.PATIENT,
                                          SYNTHETIC_ACCOUNTANT),
                 epsilon=new_cum - cum, cumulative_epsilon=new_cum,
                 artifacts=(Artifact("generator.safetensors", ArtifactKind.WEIGHTS, digest, 1000 + rnd),),

@@ -48,3 +48,18 @@ def test_tolerance_rule(rec) -> None:
     assert not under.ok and "under-reported" in under.rule
     assert not rec.check(math.inf, h, 1e-5).ok
     assert rec.check(0.0, EpsilonRecomputer.EMPTY, 1e-5).ok
+
+
+def test_vectorised_conversion_equals_dp_accounting(rec) -> None:
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+    from coordinator.audit.recompute import _rdp_to_epsilon
+
+    h = EpsilonRecomputer.EMPTY
+    for q, sigma, steps in [(0.01, 1.0, 1), (0.05, 1.1, 40), (0.1, 0.8, 500), (0.25, 2.0, 100), (1.0, 0.5, 3)]:
+        h = rec.extend(h, sample_rate=q, noise_multiplier=sigma, steps=steps)
+        for delta in (1e-3, 1e-5, 1e-9):
+            expected = compute_epsilon(ORDERS, rec._rdp[h], delta)[0]
+            assert _rdp_to_epsilon(rec._rdp[h], delta) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    tiny = rec.extend(EpsilonRecomputer.EMPTY, sample_rate=1e-6, noise_multiplier=50.0, steps=1)
+    assert _rdp_to_epsilon(rec._rdp[tiny], 0.5) == compute_epsilon(ORDERS, rec._rdp[tiny], 0.5)[0] == 0
