@@ -16,6 +16,7 @@ and the ReStyle encoder checkpoint default to ``<state>/models/stylegan.pt`` and
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -27,7 +28,7 @@ from agent.ksalsa.baselines import Method
 from agent.ksalsa.release import KsalsaRelease, require_k, sign_kanon_claim, write_release
 from agent.records import FundusImage
 from agent.site_service.claims import PendingClaim
-from protocols.errors import BadInputError, KAnonymityError
+from protocols.errors import BadInputError, EgressBlockedError, KAnonymityError
 from protocols.tasks import Task
 
 if TYPE_CHECKING:
@@ -81,6 +82,16 @@ class KsalsaOutcome:
     release: KsalsaRelease
     claim: PendingClaim | None
 
+    def reply_fields(self, site_id: str, request: KsalsaRequest) -> dict[str, object]:
+        """The plain fields a federation reply carries next to the array ``images`` (no identifiers)."""
+        r = self.release
+        return {
+            "run_id": request.run_id, "round": request.round, "site_id": site_id, "k": r.k, "min_k": r.min_k,
+            "method": r.method, "count": len(r.images), "cluster_sizes": list(r.cluster_sizes),
+            "majority_grades": [i.majority_grade for i in r.images], "images_sha256": r.images_sha256,
+            "guarantee": f"k-anonymity: every image averages >= {r.k} distinct patients",
+        }
+
 
 def check_request(site: SiteConfig, request: KsalsaRequest) -> None:
     """Policy checks that need no data.
@@ -108,6 +119,8 @@ def run_ksalsa_task(site: SiteConfig, request: KsalsaRequest, *, images: Sequenc
     ------
     TaskRefusedError, KAnonymityError
         See :func:`check_request`; KAnonymityError also when the site has fewer than ``k`` patients.
+    EgressBlockedError
+        If an output is a byte-exact copy of a real image (see :func:`refuse_copies`).
     PolicyError
         If the site has fewer than ``privacy.min_patients`` distinct patients.
     BadInputError
@@ -128,6 +141,7 @@ def run_ksalsa_task(site: SiteConfig, request: KsalsaRequest, *, images: Sequenc
 
     averages = make_averages(images, method=request.method, k=request.k, inverter=inverter, features=features,
                              settings=AlignmentSettings(steps=request.steps))
+    refuse_copies(averages.images, images)
     out_dir = site.state.outputs / "ksalsa" / f"{request.run_id}-r{request.round}"
     release = write_release(
         averages.images, averages.clustering, grades=[im.grade for im in images],
@@ -137,6 +151,30 @@ def run_ksalsa_task(site: SiteConfig, request: KsalsaRequest, *, images: Sequenc
     claim = sign_kanon_claim(site, release, run_id=request.run_id, round=request.round,
                              dataset=request.dataset_id) if sign else None
     return KsalsaOutcome(averages.images, release, claim)
+
+
+def refuse_copies(outputs: np.ndarray, images: Sequence[FundusImage]) -> None:
+    """Refuse a release in which an output is a byte-exact copy of a real image at the output size.
+
+    An average can equal a real photograph when a group's images are duplicates (the same picture
+    filed under several patients): k-anonymity would hold on paper and fail in fact.
+
+    Raises
+    ------
+    EgressBlockedError
+        Naming how many outputs are copies.
+    """
+    from agent.ksalsa.baselines import to_uint8
+    from agent.ksalsa.pipeline import prepare_images
+
+    real = to_uint8(prepare_images(images, outputs.shape[1]))
+    fingerprints = {hashlib.sha256(x.tobytes()).hexdigest() for x in real}
+    copies = sum(hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() in fingerprints for x in outputs)
+    if copies:
+        raise EgressBlockedError(
+            f"{copies} k-SALSA output(s) are byte-exact copies of a real image (duplicate images under several "
+            "patients?); nothing was released: remove the duplicates from the site data and run again"
+        )
 
 
 def _require_patients(site: SiteConfig, images: Sequence[FundusImage], *, k: int) -> None:

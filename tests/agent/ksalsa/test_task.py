@@ -10,7 +10,7 @@ import torch
 
 from agent.ksalsa.baselines import Method
 from agent.ksalsa.task import KsalsaRequest, SiteModels, run_ksalsa_task
-from protocols.errors import BadInputError, KAnonymityError, PolicyError, TaskRefusedError
+from protocols.errors import BadInputError, EgressBlockedError, KAnonymityError, PolicyError, TaskRefusedError
 from protocols.ledger import SignedClaim
 
 
@@ -79,3 +79,21 @@ def test_latent_release_with_site_models(site, tiny_fundus, tiny_generator, meth
     assert outcome.images.shape == (2, 32, 32, 3) and outcome.images.dtype == np.uint8
     assert all(n >= 4 for n in outcome.release.cluster_sizes)
     assert outcome.claim is None
+
+
+def test_duplicate_images_across_patients_are_not_released(site, tiny_fundus) -> None:
+    """The same photograph filed under three patients: its pixel average is the photograph itself."""
+    from agent.records import FundusImage
+
+    same = [FundusImage(f"dup-{i}", tiny_fundus[0].rgb, 1) for i in range(3)]
+    with pytest.raises(EgressBlockedError, match="byte-exact copies of a real image"):
+        run_ksalsa_task(site, KsalsaRequest("run-3", 0, k=3, method=Method.K_SAME_PIXEL), images=same, sign=False)
+    assert not (site.state.outputs / "ksalsa").exists()
+
+
+def test_reply_fields_carry_no_identifiers(site, tiny_fundus) -> None:
+    request = KsalsaRequest("run-4", 0, k=5, method=Method.K_SAME_EIGEN)
+    outcome = run_ksalsa_task(site, request, images=tiny_fundus, sign=False)
+    fields = outcome.reply_fields(site.site_id, request)
+    assert fields["cluster_sizes"] == [5, 5] and fields["count"] == 2
+    assert "tiny-p" not in repr(fields)
