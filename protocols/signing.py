@@ -86,8 +86,8 @@ class VerifyKey:
             sig = base64.b64decode(signature_b64, validate=True)
         except (binascii.Error, ValueError, TypeError) as exc:
             raise SignatureError(f"{what}: not valid base64") from exc
-        if len(sig) != 64:
-            raise SignatureError(f"{what}: expected 64 bytes of Ed25519 signature, got {len(sig)}")
+        if len(sig) != 64 or base64.b64encode(sig).decode("ascii") != signature_b64:
+            raise SignatureError(f"{what}: expected the canonical base64 of a 64-byte Ed25519 signature")
         if not self._check(sig, tagged(domain, payload)):
             raise SignatureError(f"{what} does not verify with key {self.key_id}")
 
@@ -97,7 +97,10 @@ class VerifyKey:
             sig = base64.b64decode(signature_b64, validate=True)
         except (binascii.Error, ValueError, TypeError):
             return False
-        return len(sig) == 64 and self._check(sig, tagged(domain, payload))
+        # Canonical base64 only: the last character before "==" has unused bits, and a signature
+        # text that decodes to the same bytes would otherwise change an entry without a finding.
+        return (len(sig) == 64 and base64.b64encode(sig).decode("ascii") == signature_b64
+                and self._check(sig, tagged(domain, payload)))
 
     def _check(self, sig: bytes, message: bytes) -> bool:
         if _sodium_open is not None:

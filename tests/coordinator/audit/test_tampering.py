@@ -212,3 +212,36 @@ def test_forged_head_is_a_signature_error(ledger, keys, keyring) -> None:
     write_head(head_path_for(ledger), sign_head(count=len(lines) + 1, last_hash="0" * 64, key=SigningKey.generate()))
     with pytest.raises(SignatureError, match="ledger: ledger head names coordinator key"):
         verify(ledger, keys)
+
+
+def test_every_single_byte_flip_is_caught_at_that_entry(ledger, keys) -> None:
+    lines = _lines(ledger)
+    target = 2
+    original = lines[target]
+    for pos in range(0, len(original), 13):  # every 13th byte keeps the test fast; all fields are hit
+        flipped = bytearray(original)
+        flipped[pos] ^= 0x01
+        lines[target] = bytes(flipped)
+        _write(ledger, lines)
+        first = audit(ledger, keys).first_error
+        assert first is not None and first.seq == target, (pos, chr(original[pos]), first)
+        assert first.error in (ChainError, SignatureError, AccountingError), (pos, first)
+    lines[target] = original
+
+
+def test_unused_base64_bits_cannot_change_a_signature(ledger, keys) -> None:
+    lines = _lines(ledger)
+    d = decode(lines[-1])
+    sig = d["coordinator_sig"]
+    import base64
+    import string
+
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    # The 86th character carries 2 signature bits and 4 unused ones: flip an unused one.
+    d["coordinator_sig"] = sig[:85] + alphabet[alphabet.index(sig[85]) ^ 0x01] + "=="
+
+    assert base64.b64decode(d["coordinator_sig"]) == base64.b64decode(sig)
+    lines[-1] = encode(d)
+    _write(ledger, lines)
+    with pytest.raises(SignatureError, match=rf"entry {len(lines) - 1} .*coordinator countersignature does not verify"):
+        verify(ledger, keys)
