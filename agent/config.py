@@ -119,6 +119,15 @@ class PacsEndpoint:
             return f"dicomweb {self.url}"
         return f"dimse {self.called_ae}@{self.host}:{self.port} as {self.calling_ae}"
 
+    def credentials_note(self) -> str:
+        """How the password is supplied (never the password itself), for ``check-config``."""
+        if self.username is None:
+            return "no credentials"
+        if self.password_env is not None:
+            state = "set" if self.password_env in os.environ else "NOT SET"
+            return f"user {self.username}, password from ${self.password_env} ({state})"
+        return f"user {self.username}, password in the config file"
+
 
 @dataclasses.dataclass(frozen=True)
 class PacsSource:
@@ -145,7 +154,7 @@ class PacsSource:
 
     def describe(self) -> str:
         """One line for ``check-config``: where, what, and where pushes go (no credentials)."""
-        text = f"{self.name}: {self.endpoint.describe()} -> {self.path}"
+        text = f"{self.name}: {self.endpoint.describe()} [{self.endpoint.credentials_note()}] -> {self.path}"
         if self.destination is not None:
             text += f" (push to {self.destination.describe()})"
         return text

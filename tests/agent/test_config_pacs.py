@@ -36,7 +36,7 @@ def test_dicomweb_source_parsed_with_staging_folder_and_filters(tmp_path: Path) 
     assert pacs.filters.modalities == frozenset({"MR", "OP"})
     assert pacs.filters.date_from == datetime.date(2020, 1, 2)
     assert pacs.filters.date_to == datetime.date(2021, 12, 31)
-    assert "research: dicomweb http://127.0.0.1:8042/dicom-web" in cfg.describe()
+    assert "research: dicomweb http://127.0.0.1:8042/dicom-web [user u, password from $PACS_PW" in cfg.describe()
 
 
 def test_dimse_source_defaults_and_c_move(tmp_path: Path) -> None:
@@ -59,8 +59,10 @@ def test_password_env_resolved_at_use(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.delenv("PACS_PW", raising=False)
     with pytest.raises(ConfigError, match="PACS_PW is not set"):
         cfg.sources[1].endpoint.resolve_password()
+    assert "password from $PACS_PW (NOT SET)" in cfg.describe()
     monkeypatch.setenv("PACS_PW", "from-env")
     assert cfg.sources[1].endpoint.resolve_password() == "from-env"
+    assert "password from $PACS_PW (set)" in cfg.describe() and "from-env" not in cfg.describe()
 
 
 def test_bad_password_value_is_not_echoed(tmp_path: Path) -> None:
