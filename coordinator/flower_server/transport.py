@@ -29,6 +29,13 @@ class GridTransport:
     def node_ids(self) -> list[int]:
         return sorted(int(n) for n in self.grid.get_node_ids())
 
+    def registered_names(self) -> dict[int, str]:
+        """The name each node's key was registered under (``flwr supernode register --name``)."""
+        try:
+            return {int(n.node_id): str(n.name) for n in self.grid.get_nodes() if getattr(n, "name", "")}
+        except Exception:  # noqa: BLE001 - a grid without node info (simulation): no names to check
+            return {}
+
     def wait_for_nodes(self, minimum: int, *, timeout_s: float) -> list[int]:
         """Node ids once at least ``minimum`` are connected (or whatever is there at the timeout)."""
         deadline = time.monotonic() + timeout_s

@@ -23,7 +23,7 @@ import numpy as np
 
 from coordinator.budget import ConsortiumBudget
 from coordinator.rounds.plan import FederationPlan
-from coordinator.rounds.transport import Failure, SiteTransport
+from coordinator.rounds.transport import Failure, SiteTransport, registered_names
 from coordinator.store import SyntheticStore
 from coordinator.strategy import fedavg
 from protocols import messages as m
@@ -167,6 +167,7 @@ def run_federation(
 
 def _identify_sites(transport: SiteTransport, plan: FederationPlan, budget: ConsortiumBudget, say: Progress) -> dict[int, str]:
     nodes = transport.node_ids()
+    names = registered_names(transport)
     query = m.StatusQuery(run_id=plan.run_id, dataset_id=plan.dataset_id)
     replies = transport.exchange({n: m.Envelope(query) for n in nodes}, round_=0, timeout_s=plan.reply_timeout_s)
     sites: dict[int, str] = {}
@@ -176,6 +177,9 @@ def _identify_sites(transport: SiteTransport, plan: FederationPlan, budget: Cons
             say(f"node {node}: no usable status reply ({_describe(reply)}); leaving it out")
             continue
         status = reply.message
+        if names.get(node) and names[node] != status.site_id:
+            say(f"node {node}: registered as {names[node]} but answers as {status.site_id}; leaving it out")
+            continue
         if status.site_id in sites.values():
             say(f"node {node}: claims site {status.site_id}, which another node already is; leaving it out")
             continue

@@ -29,3 +29,13 @@ class SiteTransport(Protocol):
 
     def exchange(self, requests: Mapping[int, Envelope], *, round_: int, timeout_s: float) -> dict[int, Envelope | Failure]:
         """Send ``requests[node]`` to each node; every node gets an entry in the result."""
+
+
+def registered_names(transport: SiteTransport) -> dict[int, str]:
+    """Names the nodes' keys were registered under, if the transport knows them (else empty).
+
+    When known, a node may only act as the site it was registered as: the site id in its status
+    reply is then checked against the name bound to its authenticated key.
+    """
+    names = getattr(transport, "registered_names", None)
+    return dict(names()) if callable(names) else {}

@@ -35,6 +35,11 @@ class FakeGrid:
     def get_node_ids(self):
         return [7, 8, 9]
 
+    def get_nodes(self):
+        from flwr.proto.node_pb2 import NodeInfo
+
+        return [NodeInfo(node_id=7, name="site-7"), NodeInfo(node_id=8, name="site-8"), NodeInfo(node_id=9)]
+
     def send_and_receive(self, messages, *, timeout=None):
         out = []
         for msg in messages:
@@ -60,3 +65,4 @@ def test_replies_are_keyed_by_sender_and_failures_are_explicit() -> None:
     assert isinstance(out[10], Failure) and "no reply" in out[10].reason
     assert {msg.metadata.message_type for msg in grid.sent} == {"query.status"}
     assert t.wait_for_nodes(3, timeout_s=1) == [7, 8, 9]
+    assert t.registered_names() == {7: "site-7", 8: "site-8"}

@@ -115,3 +115,10 @@ def test_second_node_claiming_the_same_site_is_left_out(consortium, tmp_path) ->
     t.nodes[1003] = t.nodes[1000]
     result, _ = _run(t, tmp_path, rounds=1, synth=0)
     assert sorted(result.sites) == [1000, 1001, 1002]
+
+
+def test_node_answering_as_another_site_than_registered_is_left_out(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+    t.registered_names = lambda: {1000: "hospital-a", 1001: "hospital-x", 1002: "hospital-c"}
+    result, _ = _run(t, tmp_path, rounds=1, synth=0)
+    assert sorted(result.sites.values()) == ["hospital-a", "hospital-c"]
