@@ -60,6 +60,11 @@ def test_release_writes_png_dicom_and_manifest(tmp_path) -> None:
         np.testing.assert_array_equal(ds.pixel_array, rgb)
         assert item.num_patients == group.num_patients >= 3
         assert item.num_images == group.num_images
+    from agent.export.validation import have_dciodvfy, validate_file
+
+    if have_dciodvfy():  # the CI image installs dicom3tools; skip the check where it is absent
+        findings = validate_file(tmp_path / release.images[0].dicom)
+        assert findings.ok, findings.errors
 
 
 def test_majority_grade_counts_patients_not_images() -> None:
