@@ -29,7 +29,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import math
+import os
 import platform
 import sys
 import time
@@ -245,7 +245,7 @@ def evaluate(args: argparse.Namespace) -> None:
         "train": json.loads((work / "models" / "train.json").read_text()) if (work / "models" / "train.json").exists() else None,
         "site_images": len(data.site), "site_patients": len(set(site_keys)), "heldout_images": len(data.heldout),
         "resolution": RESOLUTION, "alignment_steps": args.steps, "torch_threads": torch.get_num_threads(),
-        "machine": platform.platform(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "reference": reference, "rows": rows}, indent=2) + "\n")
     write_table(out / "results.md", meta, reference, rows)
@@ -258,7 +258,8 @@ def write_table(path: Path, meta: dict, reference: dict, rows: list[dict]) -> No
         "# k-SALSA evaluation (phantom fundus, 64 px, CPU)", "",
         f"Command: `{meta['command']}`", "",
         f"Site: {meta['site_images']} images of {meta['site_patients']} patients; held-out real: {meta['heldout_images']} "
-        f"images of other patients; models: {meta['train']}; alignment steps {meta['alignment_steps']}.", "",
+        f"images of other patients; models: {meta['train']}; alignment steps {meta['alignment_steps']}; "
+        f"{meta['cpus']} CPUs shared with other jobs (load average at the end {meta['load_average_at_end'][0]:.1f}).", "",
         f"Reference: FID(site real, held-out) = {reference['fid_site_real_vs_heldout']:.1f}; FID(site reconstructions, "
         f"held-out) = {reference['fid_site_reconstructions_vs_heldout']:.1f}; classifier trained on site real images: "
         f"accuracy {reference['classifier_trained_on_site_real']['accuracy']:.3f}, "
