@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Feature areas that add their own subcommands: each module has ``register(sub)``.
 # Add one line per area rather than growing this file.
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("agent.ledger.cli", "agent.training.cli", "agent.pacs.cli", "agent.status_cli", "agent.export.cli", "agent.flower_client.cli", "agent.ksalsa.cli")
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("agent.ledger.cli", "agent.training.cli", "agent.pacs.cli", "agent.status_cli", "agent.export.cli", "agent.flower_client.cli", "agent.ksalsa.cli", "agent.stylegan.cli")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

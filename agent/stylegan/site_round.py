@@ -27,7 +27,7 @@ from agent.config import SiteConfig
 from agent.dp.accounting import calibrate_noise_multiplier, epsilon_of
 from agent.stylegan.config import StyleGANConfig, TrainingConfig, TrainingMode
 from agent.stylegan.dp_step import DPSettings
-from agent.stylegan.train import StyleGANTrainer
+from agent.stylegan.train import Progress, StyleGANTrainer
 from agent.training.local_round import ACCOUNTANT_KIND, RoundResult, open_accountant
 from protocols.errors import BadInputError, BudgetExceededError, PolicyError, TaskRefusedError
 from protocols.tasks import PrivacyUnit, Task
@@ -119,7 +119,8 @@ def _calibrated_sigma(target_epsilon: float, delta: float, sample_rate: float, s
 
 def run_stylegan_local(*, site: SiteConfig, images: torch.Tensor, patient_index: torch.Tensor, steps: int,
                        arch: StyleGANConfig, train: TrainingConfig, seed: int, checkpoint: Path,
-                       device: str | torch.device = "cpu", checkpoint_every: int = 100) -> Path:
+                       device: str | torch.device = "cpu", checkpoint_every: int = 100,
+                       progress: Progress | None = None) -> Path:
     """Train (or resume) a ``local`` StyleGAN; its weights stay at the site in ``checkpoint``.
 
     Raises
@@ -133,5 +134,8 @@ def run_stylegan_local(*, site: SiteConfig, images: torch.Tensor, patient_index:
     if Path(checkpoint).exists():
         trainer.load(Path(checkpoint))
         log.info("resuming local StyleGAN at step %d", trainer.step_count)
-    trainer.fit(images, patient_index, steps=steps, checkpoint_path=Path(checkpoint), checkpoint_every=checkpoint_every)
+    if progress is not None:
+        progress(trainer.step_count, {})  # where a resumed run starts
+    trainer.fit(images, patient_index, steps=steps, checkpoint_path=Path(checkpoint), checkpoint_every=checkpoint_every,
+                progress=progress)
     return Path(checkpoint)
