@@ -5,6 +5,9 @@ Two measurements:
 * **3 sites, real deployment**: the timings the ServerApp recorded in a loopback run with a real
   SuperLink and SuperNodes (``anonfed demo``): ``summary.json`` of that run (``--deployment-summary``,
   default ``demo-run/coordinator/output/summary.json``; the demo is run first if it is missing).
+* **N sites on Flower's simulation engine** (optional, ``--simulation-summary``): the timings of an
+  ``anonfed simulate --sites N`` run (real ServerApp and ClientApps, virtual SuperNodes, real
+  DP-GAN rounds on phantom sites).
 * **50 simulated sites, in process**: the same round loop, store and ledger (real Ed25519 claims,
   real FedAvg over full-size generator+critic weights, real sha256 checks, real ledger appends with
   epsilon recomputation) fed by simulated sites that answer instantly with precomputed replies. The
@@ -173,6 +176,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--deployment-summary", type=Path, default=ROOT / "demo-run" / "coordinator" / "output" / "summary.json")
+    parser.add_argument("--simulation-summary", type=Path, default=None,
+                        help="summary.json of an `anonfed simulate --sites N` run (Flower simulation engine)")
     args = parser.parse_args()
     if not args.deployment_summary.is_file():
         print(f"no deployment summary at {args.deployment_summary}: running `anonfed demo --rounds 2` first", flush=True)
@@ -184,6 +189,13 @@ def main() -> int:
     print(f"real loopback deployment, {real['sites']} sites, {real['rounds']} round(s) ({real['source']}):")
     print(f"  round {real['round_wall_s']:.1f} s, waiting for sites {real['site_wait_s']:.1f} s, coordinator "
           f"{real['overhead_s_per_round'] * 1000:.1f} ms = {100 * real['overhead_fraction']:.3f} % of the round")
+    flower_sim = None
+    if args.simulation_summary is not None:
+        flower_sim = load_deployment(args.simulation_summary)
+        print(f"Flower simulation engine, {flower_sim['sites']} virtual sites, {flower_sim['rounds']} round(s):")
+        print(f"  round {flower_sim['round_wall_s']:.1f} s, waiting for sites {flower_sim['site_wait_s']:.1f} s, "
+              f"coordinator {flower_sim['overhead_s_per_round'] * 1000:.1f} ms = "
+              f"{100 * flower_sim['overhead_fraction']:.3f} % of the round")
     rows = []
     for n in args.sites:
         sim = measure_simulated(n, args.rounds, args.patch_size)
@@ -199,7 +211,7 @@ def main() -> int:
               f"{r['overhead_s_per_round'] * 1e3:>12.1f} {100 * r['overhead_fraction']:>8.2f}%")
     out = ROOT / "benchmarks" / "results" / "coordinator_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"deployment": real, "simulated": rows,
+    out.write_text(json.dumps({"deployment": real, "flower_simulation": flower_sim, "simulated": rows,
                                "command": "python benchmarks/coordinator_overhead.py " + " ".join(sys.argv[1:])},
                               indent=2), encoding="utf-8")
     print(f"\nwritten to {out}")
