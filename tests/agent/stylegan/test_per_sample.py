@@ -85,3 +85,22 @@ def test_dp_settings_are_validated():
         DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.0)
     with pytest.raises(ConfigError, match="images_per_patient"):
         DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, images_per_patient=0)
+
+
+def test_private_update_bounds_each_patients_influence(tiny_arch):
+    from agent.stylegan.dp_step import make_private_optimizer, private_step
+
+    torch.manual_seed(0)
+    D = Discriminator(tiny_arch)
+    before = [p.detach().clone() for p in D.parameters()]
+    settings = DPSettings(noise_multiplier=0.0, max_grad_norm=0.01, sample_rate=0.5)
+    opt = make_private_optimizer(torch.optim.SGD(D.parameters(), lr=1.0), settings, population=4)
+    g = torch.Generator().manual_seed(3)
+    real, fake = torch.randn(4, 3, 16, 16, generator=g) * 3, torch.randn(4, 3, 16, 16, generator=g) * 3
+    batch = UnitBatch(torch.arange(4), torch.tensor([0, 0, 1, 1]), 2)
+    grads, _ = unit_discriminator_grads(D, real, fake, batch, r1_gamma=10.0)
+    assert torch.sqrt(sum(v[0].square().sum() for v in grads.values())) > 0.01  # clipping is active
+    private_step(opt, D, grads)
+    step = torch.sqrt(sum((p.detach() - b).square().sum() for p, b in zip(D.parameters(), before)))
+    # Two clipped patients averaged over the expected 0.5 * 4 = 2 patients: at most C.
+    assert 0 < step <= 0.01 + 1e-6
