@@ -39,3 +39,20 @@ class FundusImage:
     def __post_init__(self) -> None:
         if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
             raise ValueError(f"fundus image must be (H, W, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledImage2D:
+    """One 2-D grey-level image (rows, cols) with its vessel label, e.g. a synthetic TOF patch read back.
+
+    ``image`` is float32 in the stored grey values of the file (the synthetic TOF export writes
+    0..4095); ``label`` is uint8 {0, 1} with the same shape.
+    """
+
+    patient_key: str
+    image: np.ndarray
+    label: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 2 or self.image.shape != self.label.shape:
+            raise ValueError(f"image {self.image.shape} and label {self.label.shape} must be equal 2-D shapes")

@@ -2,5 +2,6 @@
 
 Public entry points: :func:`agent.ingest.pipeline.run_ingest`,
 :class:`agent.ingest.catalog.Catalog`, :func:`agent.ingest.datasets.load_labeled_volumes`,
+:func:`agent.ingest.datasets.load_labeled_images_2d`,
 :func:`agent.ingest.datasets.load_fundus_images`.
 """

@@ -26,6 +26,9 @@ from protocols.errors import IntegrityError
 
 SCHEMA_VERSION = 1
 
+VOLUME_KINDS = ("dicom-series", "dicom-enhanced", "nifti-image")  # units that can carry a label volume
+IMAGE_2D_KINDS = ("dicom-sc", "dicom-2d", "dicom-op")  # single 2-D images a SEG of images can label
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -249,6 +252,21 @@ class Catalog:
                 SeriesRow(r[0], r[1], r[2], r[3], bool(r[4]), _json(r[5]), _json(r[6]), _json(r[7]), r[8], r[9], r[10],
                           r[11], r[12], r[13])
             )
+        return out
+
+    def units_by_instance(self, *kinds: str) -> dict[str, SeriesRow]:
+        """Live (or held) units of the given kinds by the keyed SOP Instance UID of their file.
+
+        Two files with one SOP instance (copies) map to the unit with the smaller key, so the
+        choice does not depend on scan order.
+        """
+        units = {row.key: row for row in self.live_series(*kinds, include_held=True)}
+        out: dict[str, SeriesRow] = {}
+        for sop_key, series_key in self.conn.execute(
+            "SELECT sop_key, series_key FROM instances WHERE sop_key IS NOT NULL ORDER BY series_key DESC"
+        ):
+            if series_key in units:
+                out[sop_key] = units[series_key]
         return out
 
     def series_files(self, series_key: str) -> list[str]:

@@ -1,8 +1,9 @@
 """Training-ready records from the catalog and its cache (no DICOM parsing here).
 
-``load_labeled_volumes`` and ``load_fundus_images`` are what the DP-GAN, k-SALSA and federation
-code call: they read only the catalog and the ``.npz`` cache written by ``anonfed ingest``, and
-return records that carry a patient *key*, never an identifier or a path.
+``load_labeled_volumes``, ``load_labeled_images_2d`` and ``load_fundus_images`` are what the
+DP-GAN, k-SALSA and federation code call: they read only the catalog and the ``.npz`` cache
+written by ``anonfed ingest``, and return records that carry a patient *key*, never an identifier
+or a path.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import numpy as np
 
 from agent.config import SiteConfig
 from agent.ingest.cache import ArrayCache
-from agent.ingest.catalog import Catalog
-from agent.records import FundusImage, LabeledVolume
+from agent.ingest.catalog import IMAGE_2D_KINDS, VOLUME_KINDS, Catalog
+from agent.records import FundusImage, LabeledImage2D, LabeledVolume
 
 log = logging.getLogger(__name__)
 
-VOLUME_KINDS = ("dicom-series", "dicom-enhanced", "nifti-image")
+__all__ = ["IMAGE_2D_KINDS", "VOLUME_KINDS", "load_fundus_images", "load_labeled_images_2d", "load_labeled_volumes"]
 
 
 def load_labeled_volumes(cfg: SiteConfig, *, angio_only: bool = False) -> list[LabeledVolume]:
@@ -54,6 +55,32 @@ def load_labeled_volumes(cfg: SiteConfig, *, angio_only: bool = False) -> list[L
             )
         )
     log.info("loaded %d labeled volumes", len(out))
+    return out
+
+
+def load_labeled_images_2d(cfg: SiteConfig) -> list[LabeledImage2D]:
+    """Every catalogued single 2-D image that a DICOM SEG of 2-D images labels (the synthetic
+    TOF export's Secondary Capture + SEG pairs come back this way), in file row/column order.
+
+    Raises
+    ------
+    IntegrityError
+        If a cache entry the catalog refers to is missing (run ``anonfed ingest`` again).
+    """
+    if not _catalog_exists(cfg):
+        return []
+    cache = ArrayCache(cfg.state.cache)
+    with Catalog.open(cfg.state.catalog, keys_dir=cfg.state.keys) as catalog:
+        rows = [r for r in catalog.live_series(*IMAGE_2D_KINDS) if r.label_cache_key]
+    out = [
+        LabeledImage2D(
+            patient_key=row.patient_key or "",
+            image=cache.load(row.cache_key or "")["image"].astype(np.float32),
+            label=cache.load(row.label_cache_key or "")["label"].astype(np.uint8, copy=False),
+        )
+        for row in rows
+    ]
+    log.info("loaded %d labeled 2-D images", len(out))
     return out
 
 

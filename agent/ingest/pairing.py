@@ -2,6 +2,9 @@
 
 * DICOM SEG -> the series it references (label volume built on the series grid, cached under a
   key derived from both content hashes, so an unchanged pair is never recomputed).
+* DICOM SEG of 2-D images -> each single 2-D image (Secondary Capture, other 2-D, OP) one of its
+  frames was derived from, matched by keyed SOP Instance UID; rows and columns must agree. The
+  image becomes a labelled 2-D image (:func:`agent.ingest.datasets.load_labeled_images_2d`).
 * NIfTI ``*_label`` (or manifest label) -> its image, by the pair token computed at ingest
   (see :mod:`agent.ingest.nifti_files` for the rule); shape and canonical affine must agree.
 * Grades CSV rows -> fundus images (see :mod:`agent.ingest.fundus_files`).
@@ -23,8 +26,8 @@ import numpy as np
 
 from agent.ingest import nifti_files
 from agent.ingest.cache import ArrayCache, combined_key
-from agent.ingest.catalog import Catalog, SeriesRow
-from agent.ingest.dicom_seg import label_for_stack
+from agent.ingest.catalog import IMAGE_2D_KINDS, Catalog, SeriesRow
+from agent.ingest.dicom_seg import label_for_image, label_for_stack
 from agent.ingest.fundus_files import read_grades
 from agent.ingest.nifti_files import ManifestRow
 from agent.ingest.quarantine import Quarantined, Reason
@@ -51,6 +54,7 @@ class Pairing:
         self.problems: list[_Problem] = []
         self.updates: dict[str, dict] = {}
         self.label_volumes_built = 0
+        self.image_labels_built = 0
 
     def _hold(self, series: SeriesRow, reason: Reason, detail: str) -> None:
         for path_key in self.catalog.series_files(series.key):
@@ -60,7 +64,11 @@ class Pairing:
     def pair_segs(self) -> None:
         targets = {s.key: s for s in self.catalog.live_series("dicom-series", include_held=True)}
         targets |= {s.pair_token: s for s in self.catalog.live_series("dicom-enhanced", include_held=True) if s.pair_token}
-        for seg in self.catalog.live_series("dicom-seg", include_held=True):
+        segs = self.catalog.live_series("dicom-seg", include_held=True)
+        self._pair_image_segs([s for s in segs if "frame_images" in (s.geometry or {})])
+        for seg in segs:
+            if "frame_images" in (seg.geometry or {}):
+                continue
             target = targets.get(seg.ref_key or "")
             if target is None:
                 self._hold(seg, Reason.ORPHAN_LABEL, "the series this SEG references is not in the catalog")
@@ -83,6 +91,51 @@ class Pairing:
                 self.cache.save(pair_key, label=label)
                 self.label_volumes_built += 1
             self.updates.setdefault(target.key, {}).update(label_key=seg.key, label_cache_key=pair_key)
+
+    def _pair_image_segs(self, segs: list[SeriesRow]) -> None:
+        """Pair SEGs of 2-D images with the images their frames were derived from (all or none per SEG)."""
+        images = self.catalog.units_by_instance(*IMAGE_2D_KINDS)
+        for seg in segs:
+            frames_of: dict[str, list[int]] = {}
+            for index, sop_key in enumerate((seg.geometry or {})["frame_images"]):
+                frames_of.setdefault(sop_key, []).append(index)
+            missing = sum(sop_key not in images for sop_key in frames_of)
+            if missing:
+                self._hold(seg, Reason.ORPHAN_LABEL,
+                           f"{missing} of the {len(frames_of)} 2-D image(s) this SEG references are not in the catalog")
+                continue
+            targets = [(images[sop_key], indices) for sop_key, indices in frames_of.items()]
+            problem = self._image_seg_problem(seg, [t for t, _ in targets])
+            if problem is not None:
+                self._hold(seg, *problem)
+                continue
+            built: dict[str, str] = {}
+            try:
+                for target, indices in targets:
+                    pair_key = combined_key("seg-image-label-v1", seg.cache_key or "", target.cache_key or "", *map(str, indices))
+                    if not self.cache.has(pair_key):
+                        label = label_for_image(self.cache.load(seg.cache_key or ""), indices, tuple(target.shape or ()))
+                        self.cache.save(pair_key, label=label)
+                        self.image_labels_built += 1
+                    built[target.key] = pair_key
+            except Quarantined as exc:
+                self._hold(seg, exc.reason, exc.detail)
+                continue
+            for target_key, pair_key in built.items():
+                self.updates.setdefault(target_key, {}).update(label_key=seg.key, label_cache_key=pair_key)
+
+    def _image_seg_problem(self, seg: SeriesRow, targets: list[SeriesRow]) -> tuple[Reason, str] | None:
+        """Why a SEG of 2-D images cannot label its (catalogued) images, from the catalog alone; None if it can."""
+        rows_cols = tuple((seg.shape or [0, 0, 0])[1:])
+        for target in targets:
+            if target.patient_key != seg.patient_key:
+                return Reason.LABEL_MISMATCH, "SEG and the image it references belong to different patients"
+            if "label_key" in self.updates.get(target.key, {}):
+                return Reason.LABEL_MISMATCH, "the referenced image already has a SEG label"
+            if tuple(target.shape or ()) != rows_cols:
+                return Reason.LABEL_MISMATCH, (f"SEG frames are {rows_cols} (rows, columns) but the image they reference is "
+                                               f"{tuple(target.shape or ())}")
+        return None
 
     def pair_nifti(self, manifests: list[ManifestRow], path_keys: dict[Path, str]) -> None:
         images = {s.pair_token: s for s in self.catalog.live_series("nifti-image", include_held=True)}

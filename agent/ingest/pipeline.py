@@ -35,7 +35,7 @@ from tqdm import tqdm
 from agent.config import SiteConfig
 from agent.ingest import dicom_files, nifti_files
 from agent.ingest.cache import ArrayCache
-from agent.ingest.catalog import Catalog, FileRow
+from agent.ingest.catalog import IMAGE_2D_KINDS, VOLUME_KINDS, Catalog, FileRow
 from agent.ingest.nifti_files import ManifestRow
 from agent.ingest.pairing import Pairing
 from agent.ingest.pseudonym import SiteSecrets
@@ -57,11 +57,13 @@ class IngestReport:
     files_gone: int = 0
     groups_ingested: int = 0
     label_volumes_built: int = 0
+    image_labels_built: int = 0
     files_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
     units_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
     quarantined_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
     patients: int = 0
     labeled_volumes: int = 0
+    labeled_images_2d: int = 0  # single 2-D images with a SEG label (e.g. synthetic TOF patches)
     graded_images: int = 0
     seconds: float = 0.0
 
@@ -69,7 +71,8 @@ class IngestReport:
         lines = [
             f"ingest: {self.files_scanned} files scanned in {self.seconds:.1f} s: {self.files_parsed} parsed, "
             f"{self.files_unchanged} unchanged, {self.files_rehashed} re-hashed, {self.files_gone} gone",
-            f"catalog: {self.patients} patients, {self.labeled_volumes} labeled volumes, {self.graded_images} graded fundus images",
+            f"catalog: {self.patients} patients, {self.labeled_volumes} labeled volumes, {self.labeled_images_2d} labeled 2-D images, "
+            f"{self.graded_images} graded fundus images",
             "catalogued files by kind:",
         ]
         lines += [f"  {k:<20} {v}" for k, v in sorted(self.files_by_kind.items())]
@@ -134,6 +137,7 @@ def run_ingest(cfg: SiteConfig, progress: bool = False) -> IngestReport:
         pairing.apply_grades([s.fundus_grades_csv for s in cfg.sources if s.fundus_grades_csv is not None])
         pairing.write()
         report.label_volumes_built = pairing.label_volumes_built
+        report.image_labels_built = pairing.image_labels_built
 
         _fill_totals(report, catalog)
         report.seconds = time.perf_counter() - started
@@ -385,5 +389,7 @@ def _fill_totals(report: IngestReport, catalog: Catalog) -> None:
     report.quarantined_by_reason = counts["quarantine"]
     report.patients = counts["patients"]["total"]
     q = catalog.conn.execute
-    report.labeled_volumes = q("SELECT COUNT(*) FROM series WHERE status='ok' AND label_cache_key IS NOT NULL").fetchone()[0]
+    labeled = "SELECT COUNT(*) FROM series WHERE status='ok' AND label_cache_key IS NOT NULL AND kind IN ({})"
+    report.labeled_volumes = q(labeled.format(", ".join("?" * len(VOLUME_KINDS))), VOLUME_KINDS).fetchone()[0]
+    report.labeled_images_2d = q(labeled.format(", ".join("?" * len(IMAGE_2D_KINDS))), IMAGE_2D_KINDS).fetchone()[0]
     report.graded_images = q("SELECT COUNT(*) FROM series WHERE status='ok' AND grade IS NOT NULL").fetchone()[0]

@@ -17,7 +17,7 @@ import numpy as np
 from agent.ingest import dicom_files, fundus_files, nifti_files
 from agent.ingest.cache import ArrayCache, combined_key
 from agent.ingest.dicom_files import DicomHeader, DicomRole
-from agent.ingest.dicom_seg import seg_frames
+from agent.ingest.dicom_seg import image_seg_frames, is_image_seg, seg_frames
 from agent.ingest.pseudonym import SiteSecrets
 from agent.ingest.quarantine import Quarantined, Reason
 from agent.ingest.scanner import FileFormat, unknown_reason
@@ -135,7 +135,12 @@ def _dicom_file(member: Member, ctx: UnitContext) -> Outcome:
             "study_key": _study_key(ctx, header, patient_key),
             "cache_key": member.content_hash,
         }
-        if header.role is DicomRole.SEG:
+        if header.role is DicomRole.SEG and is_image_seg(ds):
+            arrays, sources = image_seg_frames(ds)
+            # which image each frame labels, keyed like the images' own instance keys
+            frame_images = [ctx.secrets.uid_key("instance", uid) for uid in sources]
+            series.update(shape=list(arrays["frames"].shape), geometry={"frame_images": frame_images})
+        elif header.role is DicomRole.SEG:
             if not header.referenced_series_uid:
                 raise Quarantined(Reason.ORPHAN_LABEL, "SEG has no Referenced Series Sequence")
             arrays = seg_frames(ds)
