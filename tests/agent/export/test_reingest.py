@@ -29,14 +29,18 @@ def test_synthetic_outputs_are_reread_by_ingest(
         counts = catalog.counts()
         quarantined = catalog.quarantined()
     files = counts["files"]
-    # Every image is catalogued. The 2-D SEGs carry no plane geometry (their SC sources have no
-    # Frame of Reference), which ingest needs to pair a label with a volume: they are held with a
-    # reason, never lost, and decode through ingest's own reader below.
     assert files.get("dicom-sc", 0) == len(tof.images)
     assert files.get("dicom-op", 0) == len(op.images) + len(sc.images)  # Modality OP wins over the SC class
-    held = [q for q in quarantined if q.path.name.endswith("-label.dcm")]
-    assert {q.reason_code for q in quarantined} <= {"inconsistent-slices", "orphan-label", "label-mismatch"}
-    assert len(held) + files.get("dicom-seg", 0) == len(tof.segmentations)
+    # Every synthetic pair comes back as a pair: each 2-D SEG is paired with the SC image it labels.
+    assert quarantined == []
+    assert report.labeled_images_2d == len(tof.images)
+    from agent.ingest.datasets import load_labeled_images_2d
+
+    pairs = load_labeled_images_2d(cfg)
+    assert len(pairs) == len(generator_pairs)
+    got = sorted(int(p.label.sum()) for p in pairs)
+    want = sorted(int((pair[1] > 0).sum()) for pair in generator_pairs)
+    assert got == want
 
 
 def test_ingest_reader_decodes_the_synthetic_seg(tmp_path: Path, generator_pairs: np.ndarray, dp_provenance) -> None:  # noqa: ANN001
