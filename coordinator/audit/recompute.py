@@ -65,6 +65,7 @@ class Recomputed:
 
 
 _ORDERS_ARRAY = np.array(ORDERS)
+_OFFSETS: dict[float, np.ndarray] = {}  # per delta: log1p(-1/a) - log(delta*a)/(a-1) for every order a
 
 
 def _rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:
@@ -74,6 +75,15 @@ def _rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:
     a realistic ledger; this is the same formula and branches for our orders (all > 1.01), checked
     against the library in tests/coordinator/audit/test_recompute.py.
     """
+    rdp_min = float(rdp.min())
+    if rdp_min >= 0 and delta**2 + math.expm1(-rdp_min) <= 0:
+        # Common case: neither special branch applies to any order, and the per-order offset
+        # depends only on delta (cached), so epsilon is one addition and one minimum.
+        offset = _OFFSETS.get(delta)
+        if offset is None:
+            a = _ORDERS_ARRAY
+            offset = _OFFSETS[delta] = np.log1p(-1 / a) - np.log(delta * a) / (a - 1)
+        return float(max(0.0, (rdp + offset).min()))
     a = _ORDERS_ARRAY
     with np.errstate(over="ignore", invalid="ignore"):
         eps = rdp + np.log1p(-1 / a) - np.log(delta * a) / (a - 1)
