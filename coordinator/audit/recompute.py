@@ -163,7 +163,13 @@ class EpsilonRecomputer:
         """Epsilon of ``history`` at ``delta`` by dp-accounting's PLD accountant (slow; cached)."""
         if history == self.EMPTY:
             return 0.0
-        segments = tuple(self.segments(history))
+        merged: list[Segment] = []
+        for q, sigma, steps in self.segments(history):  # equal consecutive segments compose as one
+            if merged and merged[-1][:2] == (q, sigma):
+                merged[-1] = (q, sigma, merged[-1][2] + steps)
+            else:
+                merged.append((q, sigma, steps))
+        segments = tuple(merged)
         key = (segments, delta)
         eps = _PLD_EPS.get(key)
         if eps is None:
