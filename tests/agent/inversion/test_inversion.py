@@ -52,19 +52,19 @@ def test_trained_encoder_refinements_reduce_reconstruction_loss(tiny_generator, 
     loss_fn = ReconstructionLoss(None, PIXEL_ONLY)
     trainer = EncoderTrainer(G, loss_fn, EncoderTraining(batch_size=8, lr=1e-3, iterations=3), seed=0, width=32)
     real = _samples(G, 16, seed=3)  # stands in for the site's images
-    trainer.fit(real, steps=150, checkpoint_path=tmp_path / "enc.pt")
+    trainer.fit(real, steps=100, checkpoint_path=tmp_path / "enc.pt")
 
     held_out = _samples(G, 32, seed=4)
     with torch.no_grad():
         codes = refine(trainer.encoder, G, held_out, iterations=3)
         losses = [loss_fn(synthesize(G, ws), held_out).mean().item() for ws in codes]
         start = loss_fn(synthesize(G, G.mean_ws(32)), held_out).mean().item()
-    # Each refinement iteration improves on the previous code (margins ~5-15 % across seeds 0-3).
+    # Each refinement iteration improves on the previous code (margins 2-8 % across seeds 0-3).
     assert start > losses[0] > losses[1] > losses[2]
 
     resumed = EncoderTrainer(G, loss_fn, EncoderTraining(batch_size=8, lr=1e-3, iterations=3), seed=7, width=32)
     resumed.load(tmp_path / "enc.pt")
-    assert resumed.step_count == 150
+    assert resumed.step_count == 100
     for a, b in zip(trainer.encoder.parameters(), resumed.encoder.parameters()):
         assert torch.equal(a, b)
     assert load_checkpoint(tmp_path / "enc.pt", fmt="anonfed-restyle-encoder/1")["metadata"]["release_policy"] == "site-only"
