@@ -125,6 +125,14 @@ def render_report(
                    f"<td class='l'>{e(', '.join(nodp)) + ' (epsilon = &infin;)' if nodp else 'no'}</td>"
                    f"<td>{'' if budget is None else f'{budget:g}'}</td></tr>")
     out.append("</table>")
+    consortium: dict[str, float] = {}
+    for r in rows:
+        if r.mechanism in ("dp-sgd", "none"):
+            consortium[r.dataset] = max(consortium.get(r.dataset, 0.0), r.cumulative_epsilon)
+    if consortium:
+        figures = ", ".join(f"{e(d)}: {_fmt(v)}" for d, v in sorted(consortium.items()))
+        out.append(f"<p id='consortium'>Consortium epsilon per dataset (maximum over sites; sites hold disjoint "
+                   f"patients, so their releases compose in parallel): {figures}</p>")
 
     for site in sites:
         srows = [r for r in rows if r.site == site]
