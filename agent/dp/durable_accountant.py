@@ -10,12 +10,16 @@ Invariants
   so the history on disk never exceeds the policy.
 * The file is tagged with the accountant kind and a schema version; a different kind or an
   unknown version is refused (:class:`~protocols.errors.AccountingError`), never reinterpreted.
+* Read-check-write happens under an exclusive ``flock`` on ``<file>.lock`` and re-reads the file
+  first, so two processes reserving at once (e.g. two Flower messages) cannot lose an update.
 * Floats are written with Python's shortest round-trip repr, so a restored history is bit-identical.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -23,7 +27,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from agent.dp.accounting import AccountantKind, HistoryEntry, epsilon_of
 from protocols.errors import AccountingError, BadInputError, BudgetExceededError
@@ -163,23 +167,25 @@ class DurableAccountant:
             raise BadInputError(
                 f"noise_multiplier: DP steps need noise > 0, got {noise_multiplier}; non-DP training is not accounted"
             )
-        if any(r.noise_multiplier == 0 for r in self.reservations):
-            raise BudgetExceededError(
-                "a model trained WITHOUT differential privacy was already released from this dataset "
-                "(epsilon = infinity), so no DP guarantee can be given any more; use a different dataset"
-            )
-        after = self.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
-        if after > max_epsilon:
-            before = self.epsilon()
-            raise BudgetExceededError(
-                f"{steps} more DP steps (noise multiplier {noise_multiplier:.4g}, sample rate {sample_rate:.4g}) "
-                f"would raise epsilon from {before:.4g} to {after:.4g} at delta={self.delta:g}, above the site "
-                f"policy max_epsilon={max_epsilon:g}; nothing was trained. Plan fewer steps or more noise, or "
-                "raise privacy.max_epsilon at the site"
-            )
-        reservation = Reservation(float(noise_multiplier), float(sample_rate), int(steps), PrivacyUnit(unit), label, time.time())
-        self._write(self.reservations + [reservation])
-        self.reservations.append(reservation)
+        with self._exclusive():
+            self.reservations = self._load()  # another process may have reserved since we opened
+            if any(r.noise_multiplier == 0 for r in self.reservations):
+                raise BudgetExceededError(
+                    "a model trained WITHOUT differential privacy was already released from this dataset "
+                    "(epsilon = infinity), so no DP guarantee can be given any more; use a different dataset"
+                )
+            after = self.epsilon_if(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+            if after > max_epsilon:
+                before = self.epsilon()
+                raise BudgetExceededError(
+                    f"{steps} more DP steps (noise multiplier {noise_multiplier:.4g}, sample rate {sample_rate:.4g}) "
+                    f"would raise epsilon from {before:.4g} to {after:.4g} at delta={self.delta:g}, above the site "
+                    f"policy max_epsilon={max_epsilon:g}; nothing was trained. Plan fewer steps or more noise, or "
+                    "raise privacy.max_epsilon at the site"
+                )
+            reservation = Reservation(float(noise_multiplier), float(sample_rate), int(steps), PrivacyUnit(unit), label, time.time())
+            self._write(self.reservations + [reservation])
+            self.reservations.append(reservation)
         log.info("reserved %d DP steps; cumulative epsilon now %.4g (delta %g)", steps, after, self.delta)
         return after
 
@@ -190,9 +196,21 @@ class DurableAccountant:
         finite privacy guarantee and every later DP reservation is refused.
         """
         reservation = Reservation(0.0, 1.0, max(int(steps), 1), PrivacyUnit(unit), label or "non-DP release", time.time())
-        self._write(self.reservations + [reservation])
-        self.reservations.append(reservation)
+        with self._exclusive():
+            self.reservations = self._load()
+            self._write(self.reservations + [reservation])
+            self.reservations.append(reservation)
         log.warning("recorded a release WITHOUT differential privacy: epsilon is now infinite for this dataset")
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _document(self, reservations: list[Reservation]) -> dict[str, Any]:
         return {

@@ -101,7 +101,15 @@ def test_no_temp_files_are_left_behind(tmp_path: Path) -> None:
     acc = DurableAccountant(tmp_path / "ds.json", kind=AccountantKind.RDP, delta=DELTA)
     for block in BLOCKS:
         _reserve(acc, block)
-    assert [p.name for p in tmp_path.iterdir()] == ["ds.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds.json", "ds.json.lock"]
+
+
+def test_two_open_accountants_never_lose_each_others_reservations(tmp_path: Path) -> None:
+    a = DurableAccountant(tmp_path / "ds.json", kind=AccountantKind.RDP, delta=DELTA)
+    b = DurableAccountant(tmp_path / "ds.json", kind=AccountantKind.RDP, delta=DELTA)  # opened before a reserves
+    _reserve(a, BLOCKS[0])
+    _reserve(b, BLOCKS[1])
+    assert DurableAccountant(tmp_path / "ds.json", kind=AccountantKind.RDP, delta=DELTA).history == [BLOCKS[0], BLOCKS[1]]
 
 
 def test_a_non_private_release_makes_epsilon_infinite_and_blocks_dp(tmp_path: Path) -> None:
