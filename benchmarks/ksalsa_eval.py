@@ -218,7 +218,7 @@ def evaluate(args: argparse.Namespace) -> None:
         "classifier_trained_on_site_real": grade_classifier(site_emb, np.array(site_grades), held_emb, held_y),
     }
     log.info("reference: %s", reference)
-    rows, grids = [], {}
+    rows, grids, real_same_n = [], {}, {}
     for k in [int(x) for x in args.ks.split(",")]:
         for method in METHODS:
             avg = make_averages(data.site, method=method, k=k, inverter=inverter, features=features,
@@ -232,8 +232,8 @@ def evaluate(args: argparse.Namespace) -> None:
                 "min_patients_per_group": min(avg.clustering.patient_counts),
                 "fid": fid(inception.features(avg.images), held_inc),
                 # FID shrinks with sample size: the same number of *real* site images is the floor.
-                "fid_real_same_n": fid(site_inc[np.random.default_rng(k).choice(len(site_inc), n_groups, replace=False)],
-                                       held_inc),
+                "fid_real_same_n": real_same_n.setdefault(n_groups, fid(
+                    site_inc[np.random.default_rng(n_groups).choice(len(site_inc), n_groups, replace=False)], held_inc)),
                 **{f"cls_{key}": v for key, v in grade_classifier(synth_emb, labels, held_emb, held_y).items()},
                 **{f"mia_{key}": v for key, v in membership_precision(synth_emb, site_emb, groups).items()},
                 "seconds_per_average": avg.seconds / n_groups,
@@ -244,6 +244,13 @@ def evaluate(args: argparse.Namespace) -> None:
             rows.append(row)
             grids[(k, method.value)] = avg.images
             log.info("%s", {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in row.items()})
+            _write_all(out, args, work, data, site_keys, reference, rows)  # partial results survive an interruption
+    _write_all(out, args, work, data, site_keys, reference, rows)
+    image_grid(out / "grid.png", site_rgb, recon_rgb, grids, k=5 if 5 in [r["k"] for r in rows] else rows[0]["k"])
+
+
+def _write_all(out: Path, args: argparse.Namespace, work: Path, data: Data, site_keys: list[str], reference: dict,
+               rows: list[dict]) -> None:
     meta = {
         "command": " ".join(["OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ksalsa_eval.py", *sys.argv[1:]]),
         "train": json.loads((work / "models" / "train.json").read_text()) if (work / "models" / "train.json").exists() else None,
@@ -254,7 +261,6 @@ def evaluate(args: argparse.Namespace) -> None:
     (out / "results.json").write_text(json.dumps({"meta": meta, "reference": reference, "rows": rows}, indent=2) + "\n")
     write_table(out / "results.md", meta, reference, rows)
     plot(out, rows)
-    image_grid(out / "grid_k5.png", site_rgb, recon_rgb, grids, k=5 if 5 in [r["k"] for r in rows] else rows[0]["k"])
 
 
 def write_table(path: Path, meta: dict, reference: dict, rows: list[dict]) -> None:
@@ -330,7 +336,7 @@ def main() -> None:
     sub.choices["train"].add_argument("--encoder-minutes", type=float, default=10)
     sub.choices["eval"].add_argument("--out", default="benchmarks/results/ksalsa")
     sub.choices["eval"].add_argument("--steps", type=int, default=100)
-    sub.choices["eval"].add_argument("--ks", default=",".join(map(str, KS)))
+    sub.choices["eval"].add_argument("--ks", default="5,2,10", help="k values in run order (default 5,2,10)")
     args = ap.parse_args()
     if args.stage == "train":
         train(args)
