@@ -227,13 +227,15 @@ def evaluate(args: argparse.Namespace) -> None:
             labels = np.array([majority_grade([site_grades[i] for i in g], [site_keys[i] for i in g]) for g in groups])
             synth_emb = embed(avg.images)
             n_groups = len(groups)
+            if n_groups not in real_same_n:
+                pick = np.random.default_rng(n_groups).choice(len(site_inc), n_groups, replace=False)
+                real_same_n[n_groups] = fid(site_inc[pick], held_inc)
             row = {
                 "k": k, "method": method.value, "groups": n_groups,
                 "min_patients_per_group": min(avg.clustering.patient_counts),
                 "fid": fid(inception.features(avg.images), held_inc),
                 # FID shrinks with sample size: the same number of *real* site images is the floor.
-                "fid_real_same_n": real_same_n.setdefault(n_groups, fid(
-                    site_inc[np.random.default_rng(n_groups).choice(len(site_inc), n_groups, replace=False)], held_inc)),
+                "fid_real_same_n": real_same_n[n_groups],
                 **{f"cls_{key}": v for key, v in grade_classifier(synth_emb, labels, held_emb, held_y).items()},
                 **{f"mia_{key}": v for key, v in membership_precision(synth_emb, site_emb, groups).items()},
                 "seconds_per_average": avg.seconds / n_groups,
