@@ -99,8 +99,15 @@ class VerifyKey:
             return False
         # Canonical base64 only: the last character before "==" has unused bits, and a signature
         # text that decodes to the same bytes would otherwise change an entry without a finding.
-        return (len(sig) == 64 and base64.b64encode(sig).decode("ascii") == signature_b64
-                and self._check(sig, tagged(domain, payload)))
+        if len(sig) != 64 or base64.b64encode(sig).decode("ascii") != signature_b64:
+            return False
+        if _sodium_open is not None:  # one concatenation: signature + tagged message
+            try:
+                _sodium_open(b"".join((sig, tagged(domain, b""), payload)), self.raw)
+            except (_SodiumBadSignature, ValueError):
+                return False
+            return True
+        return self._check(sig, tagged(domain, payload))
 
     def _check(self, sig: bytes, message: bytes) -> bool:
         if _sodium_open is not None:

@@ -85,12 +85,16 @@ class SignatureChecker:
 
     def add(self, job: SignatureJob) -> None:
         """Check ``job`` now (one worker) or queue it for a worker process."""
+        self.check(job.seq, job.site, job.key_name, job.domain, job.payload, job.signature, job.what)
+
+    def check(self, seq: int, site: str, key_name: str, domain: bytes, payload: bytes, signature: str, what: str) -> None:
+        """:meth:`add` without building a job object (the auditor's hot path, twice per entry)."""
         if self._pool is None:
-            if not self._keys[job.key_name].is_valid(job.signature, domain=job.domain, payload=job.payload):
-                self._failed.append(FailedSignature(job.seq, job.site, job.what))
+            if not self._keys[key_name].is_valid(signature, domain=domain, payload=payload):
+                self._failed.append(FailedSignature(seq, site, what))
             return
-        self._buffer.append((len(self._meta), job.key_name, job.domain, job.payload, job.signature))
-        self._meta.append((job.seq, job.site, job.what))
+        self._buffer.append((len(self._meta), key_name, domain, payload, signature))
+        self._meta.append((seq, site, what))
         if len(self._buffer) >= CHUNK:
             self._flush()
 

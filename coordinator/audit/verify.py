@@ -40,7 +40,7 @@ from protocols.errors import AnonfedError, BadInputError, ChainError, IntegrityE
 from protocols.ledger import CLAIM_DOMAIN, COUNTERSIGN_DOMAIN, GENESIS, LedgerEntry, MechanismKind, entry_hash_of
 from protocols.signing import VerifyKey
 
-from coordinator.audit.signature_batch import SignatureChecker, SignatureJob
+from coordinator.audit.signature_batch import SignatureChecker
 from coordinator.ledger.claim_checks import SiteTracker
 from coordinator.ledger.head import head_path_for, read_head
 from coordinator.ledger.storage import scan
@@ -239,15 +239,15 @@ def _scan_entries(
         if entry.coordinator_key_id != coord_key.key_id:
             add(SignatureError, f"countersigned with key {entry.coordinator_key_id}, not coordinator.pub ({coord_key.key_id})", 1)
         else:
-            checker.add(SignatureJob(i, site, COORDINATOR_KEY_NAME, COUNTERSIGN_DOMAIN, entry.unsigned_bytes,
-                                     entry.coordinator_sig, "coordinator countersignature"))
+            checker.check(i, site, COORDINATOR_KEY_NAME, COUNTERSIGN_DOMAIN, entry.unsigned_bytes,
+                          entry.coordinator_sig, "coordinator countersignature")
         site_key = keys.get(site)
         if site_key is None:
             add(SignatureError, f"no public key for site {site} in the key folder ({site}.pub)", 1)
         elif entry.claim.key_id != site_key.key_id:
             add(SignatureError, f"claim names key {entry.claim.key_id} but {site}.pub is {site_key.key_id} (signed with another key)", 1)
         else:
-            checker.add(SignatureJob(i, site, site, CLAIM_DOMAIN, entry.claim.canonical, entry.signed.signature, "site signature"))
+            checker.check(i, site, site, CLAIM_DOMAIN, entry.claim.canonical, entry.signed.signature, "site signature")
         planned = None
         try:
             planned = tracker.check(entry.claim)
