@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dpgan")
     ap.add_argument("--merge", nargs="+", type=Path, help="combine result JSONs of runs split over processes")
+    ap.add_argument("--no-real", action="store_true", help="skip the real-patch U-Net (merge with a run that has it)")
     ap.add_argument("--unet-evals", type=int, default=2, help="validation checkpoints per U-Net")
     args = ap.parse_args(argv)
     if args.merge:
@@ -331,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<22} DSC {row['dsc']['mean']:.3f} +- {row['dsc']['sd'] or 0:.3f}  HD95 {row['hd95_mm']['mean']}"
               f"  FID {row.get('fid', float('nan')):.1f}  ({info.get('gan_seconds', 0)} s GAN, {row['unet_seconds']} s U-Net)", flush=True)
 
-    record("real", real_pairs, {"epsilon_target": None, "unit": None, "privacy": "real patches (upper bound)"})
+    if not args.no_real:
+        record("real", real_pairs, {"epsilon_target": None, "unit": None, "privacy": "real patches (upper bound)"})
     epsilons = [float(e) for e in args.epsilons.split(",")]
     units = args.units.split(",")
     for eps in epsilons:
@@ -340,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             pairs, info = train_gan(run, train, args)
             record(f"synthetic eps={'inf' if math.isinf(eps) else f'{eps:g}'}" + (f" {unit}" if unit else ""), pairs, info)
 
-    real_dsc = results[0]["dsc"]["mean"]
+    real_dsc = results[0]["dsc"]["mean"] if results[0]["name"] == "real" else None
     for r in results:
-        r["dsc_ratio_to_real"] = None if r["dsc"]["mean"] is None else r["dsc"]["mean"] / real_dsc
+        r["dsc_ratio_to_real"] = None if r["dsc"]["mean"] is None or not real_dsc else r["dsc"]["mean"] / real_dsc
     suffix = f"_{args.tag}" if args.tag else ""
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -355,9 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     (args.out / f"dpgan_utility{suffix}.json").write_text(json.dumps(doc, indent=1))
-    (args.out / f"dpgan_utility{suffix}.md").write_text(markdown(doc))
-    plot(results, args.out / f"dpgan_utility{suffix}_dsc.png")
-    print(markdown(doc))
+    if real_dsc is not None:
+        (args.out / f"dpgan_utility{suffix}.md").write_text(markdown(doc))
+        plot(results, args.out / f"dpgan_utility{suffix}_dsc.png")
+        print(markdown(doc))
     return 0
 
 
