@@ -7,8 +7,9 @@ Steps (each a child process, as a real consortium would run them on separate mac
 2. ``anonfed coordinator pki`` creates the CA, the SuperLink certificate and the ledger key;
 3. ``flower-superlink`` (TLS, SuperNode authentication, state database) on a free loopback port;
    ``flwr supernode register`` per site; one ``flower-supernode`` per site with its site config;
-4. ``flwr run`` of the app bundle in ``deploy/flower/app`` (progress is shown from the
-   coordinator's progress log as it happens);
+4. ``flwr run`` of the app bundle in ``deploy/flower/app``: DP-GAN rounds, a ``synthesize`` query
+   and a k-anonymous fundus release per site (progress is shown from the coordinator's progress
+   log as it happens);
 5. ``anonfed audit verify`` on the ledger, ``anonfed coordinator export`` of the synthetic store,
    and a summary.
 
@@ -52,6 +53,8 @@ class DemoOptions:
     timeout_s: float = 1800.0
     tof_patients: int = 6
     volume_size: int = 64
+    ksalsa_k: int = 5  # k-anonymous fundus release per site after training (0: none)
+    ksalsa_method: str = "k-same-pixel"  # needs no site models; `ksalsa` needs a trained StyleGAN + encoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +140,7 @@ def run_demo(opts: DemoOptions) -> int:
         run = fed.run_app(APP_DIR, {
             "num-rounds": opts.rounds, "local-steps": opts.local_steps, "patch-size": opts.patch_size,
             "target-epsilon": opts.target_epsilon, "synth-count": opts.synth_count, "min-sites": len(configs),
+            "ksalsa-k": opts.ksalsa_k, "ksalsa-method": opts.ksalsa_method,
             "output-dir": str(paths.output), "keys-dir": str(paths.keys),
         }, timeout_s=opts.timeout_s)
         _follow(run.proc, paths.output / "progress.log", deadline=started + opts.timeout_s)
@@ -226,7 +230,10 @@ def _print_summary(summary: dict, paths: DemoPaths, verified: int | None, elapse
               f"{b['rounds_trained']} round(s) trained{' (stopped: ' + b['stop_reason'] + ')' if b.get('exhausted') else ''}")
     print(f"consortium epsilon (max over sites, disjoint data): {summary.get('consortium_epsilon_max_over_sites', 0):.4g}")
     outputs = summary.get("outputs") or []
-    print(f"synthetic outputs: {sum(int(o['count']) for o in outputs)} image+label pairs from {len(outputs)} site(s)")
+    pairs = [o for o in outputs if "cluster_sizes" not in o]
+    kanon = [o for o in outputs if "cluster_sizes" in o]
+    print(f"synthetic outputs: {sum(int(o['count']) for o in pairs)} DP image+label pairs from {len(pairs)} site(s); "
+          f"{sum(int(o['count']) for o in kanon)} k-anonymous fundus averages from {len(kanon)} site(s)")
     for r in summary.get("refusals") or []:
         print(f"  refusal: round {r['round']} {r['site']}: {r['code']}")
     if verified is None:

@@ -4,12 +4,12 @@ Invariants (checked here, relied on by the egress guard and the coordinator):
 
 * Each message is a frozen dataclass with a ``KIND`` and carries :data:`SCHEMA_VERSION`.
 * Field values are restricted to :data:`SCALAR_TYPES` (declared once, here), ``None`` for optional
-  fields, enums from :mod:`protocols.tasks`, and tuples of strings. ``bool`` is never accepted
+  fields, enums from :mod:`protocols.tasks`, and tuples of strings or integers. ``bool`` is never accepted
   where a number is expected (Flower's MetricRecord rejects it on purpose; so do we).
 * Decoding rejects unknown fields, missing fields, wrong types and unknown record names.
 * No message type exists that could carry raw data: arrays travel only as named model weights
-  (train replies and instructions) or as synthetic samples (synthesize replies); what is allowed in
-  them is decided by the egress guard against the round plan.
+  (train replies and instructions), synthetic samples (synthesize replies) or k-anonymous averages
+  (k-SALSA replies); what is allowed in them is decided by the egress guard against the request.
 
 Conversion to and from Flower records imports ``flwr`` lazily, so auditors' tools that only need
 the schemas never load it.
@@ -44,6 +44,7 @@ ARRAYS_RECORD = "arrays"
 METRICS_RECORD = "metrics"
 
 MAX_STRING_CHARS = 2_000
+MAX_LIST_ITEMS = 10_000
 MAX_BYTES = 64 * 1024
 _METRIC_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
@@ -164,6 +165,31 @@ class SynthesizeQuery(WireMessage):
             raise MessageSchemaError(f"{self.KIND}: count is at most 10000 per query, got {self.count}")
 
 
+#: k-SALSA release methods a coordinator may ask for (mirrors agent.ksalsa.baselines.Method).
+KSALSA_METHODS = ("ksalsa", "centroid", "k-same-pixel", "k-same-eigen")
+
+
+@dataclasses.dataclass(frozen=True)
+class KsalsaQuery(WireMessage):
+    """Ask a site for a k-anonymous release: one synthetic image per group of >= k distinct patients."""
+
+    KIND: ClassVar[str] = "ksalsa-query"
+    run_id: str
+    round: int
+    k: int
+    method: str
+    steps: int
+    dataset_id: str
+
+    def validate(self) -> None:
+        if self.k < 2:
+            raise MessageSchemaError(f"{self.KIND}: k must be >= 2, got {self.k}")
+        if self.method not in KSALSA_METHODS:
+            raise MessageSchemaError(f"{self.KIND}: method must be one of {list(KSALSA_METHODS)}, got {self.method!r}")
+        if not 0 <= self.steps <= 10_000:
+            raise MessageSchemaError(f"{self.KIND}: steps must be in 0..10000, got {self.steps}")
+
+
 @dataclasses.dataclass(frozen=True)
 class StatusQuery(WireMessage):
     """Ask a site who it is and what its policy and spent budget are."""
@@ -239,6 +265,46 @@ class SynthesizeReply(WireMessage):
 
 
 @dataclasses.dataclass(frozen=True)
+class KsalsaReply(WireMessage):
+    """A k-anonymous release (array ``images``: count x H x W x 3 uint8) and its group sizes.
+
+    ``cluster_sizes[i]`` counts the distinct patients behind image ``i``; ``majority_grades[i]`` is
+    the group's majority DR grade (-1 when ungraded). Every group has >= k >= min_k patients.
+    """
+
+    KIND: ClassVar[str] = "ksalsa-reply"
+    run_id: str
+    round: int
+    site_id: str
+    k: int
+    min_k: int
+    method: str
+    count: int
+    cluster_sizes: tuple[int, ...]
+    majority_grades: tuple[int, ...]
+    images_sha256: str
+    guarantee: str
+    claim: bytes | None
+
+    def validate(self) -> None:
+        _site_id(self)
+        _sha(self, "images_sha256")
+        _positive(self, "count")
+        if len(self.cluster_sizes) != self.count or len(self.majority_grades) != self.count:
+            raise MessageSchemaError(
+                f"{self.KIND}: expected {self.count} cluster sizes and grades, got {len(self.cluster_sizes)} and "
+                f"{len(self.majority_grades)}"
+            )
+        if self.k < self.min_k:
+            raise MessageSchemaError(f"{self.KIND}: k = {self.k} is below the site's min_k = {self.min_k}")
+        small = [n for n in self.cluster_sizes if n < self.k]
+        if small:
+            raise MessageSchemaError(f"{self.KIND}: {len(small)} group(s) have fewer than k = {self.k} distinct patients")
+        if any(not -1 <= g <= 4 for g in self.majority_grades):
+            raise MessageSchemaError(f"{self.KIND}: majority grades must be DR grades 0-4 or -1 (ungraded)")
+
+
+@dataclasses.dataclass(frozen=True)
 class StatusReply(WireMessage):
     """A site's identity, policy and spent budget (no patient data)."""
 
@@ -282,14 +348,17 @@ class Refusal(WireMessage):
             raise MessageSchemaError(f"{self.KIND}: code must be a short lowercase slug, got {self.code!r}")
 
 
-REQUESTS: dict[str, type[WireMessage]] = {c.KIND: c for c in (TrainInstruction, SynthesizeQuery, StatusQuery)}
-REPLIES: dict[str, type[WireMessage]] = {c.KIND: c for c in (TrainReply, SynthesizeReply, StatusReply, Refusal)}
+REQUESTS: dict[str, type[WireMessage]] = {
+    c.KIND: c for c in (TrainInstruction, SynthesizeQuery, KsalsaQuery, StatusQuery)
+}
+REPLIES: dict[str, type[WireMessage]] = {c.KIND: c for c in (TrainReply, SynthesizeReply, KsalsaReply, StatusReply, Refusal)}
 ALL_KINDS: dict[str, type[WireMessage]] = {**REQUESTS, **REPLIES}
 
 #: Flower message types used for each request kind.
 FLOWER_MESSAGE_TYPE: dict[str, str] = {
     TrainInstruction.KIND: "train",
     SynthesizeQuery.KIND: "query.synthesize",
+    KsalsaQuery.KIND: "query.ksalsa",
     StatusQuery.KIND: "query.status",
 }
 
@@ -437,10 +506,15 @@ def _check_value(kind: str, name: str, value: Any, hint: Any) -> None:
         return
     base = _base_type(hint)
     if typing.get_origin(base) is tuple:
-        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-            raise MessageSchemaError(f"{kind}: field {name!r} must be a tuple of strings, got {value!r}")
+        item = typing.get_args(base)[0]
+        ok = isinstance(value, tuple) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise MessageSchemaError(f"{kind}: field {name!r} must be a tuple of {item.__name__}, got {value!r}")
+        if len(value) > MAX_LIST_ITEMS:
+            raise MessageSchemaError(f"{kind}: field {name!r} has {len(value)} items, at most {MAX_LIST_ITEMS}")
         for v in value:
-            _check_string(kind, name, v)
+            if isinstance(v, str):
+                _check_string(kind, name, v)
         return
     if isinstance(base, type) and issubclass(base, enum.Enum):
         if not isinstance(value, base):
@@ -471,7 +545,7 @@ def _coerce(kind: str, name: str, value: Any, hint: Any) -> Any:
     base = _base_type(hint)
     if typing.get_origin(base) is tuple:
         if not isinstance(value, list):
-            raise MessageSchemaError(f"{kind}: field {name!r} must be a list of strings, got {value!r}")
+            raise MessageSchemaError(f"{kind}: field {name!r} must be a list, got {value!r}")
         return tuple(value)
     if isinstance(base, type) and issubclass(base, enum.Enum):
         try:

@@ -34,13 +34,18 @@ def synthesize(msg: Message, context: Context) -> Message:
     return _serve(msg, context, m.SynthesizeQuery)
 
 
+@app.query("ksalsa")
+def ksalsa(msg: Message, context: Context) -> Message:
+    return _serve(msg, context, m.KsalsaQuery)
+
+
 @app.query("status")
 def status(msg: Message, context: Context) -> Message:
     return _serve(msg, context, m.StatusQuery)
 
 
 def _serve(msg: Message, context: Context, expected: type[m.WireMessage]) -> Message:
-    from agent.site_service import handle_status, handle_synthesize, handle_train, refusal
+    from agent.site_service import handle_ksalsa, handle_status, handle_synthesize, handle_train, refusal
     from agent.site_service.claims import ledger_signer
     from agent.site_service.dpgan_engine import DpGanEngine
 
@@ -57,6 +62,8 @@ def _serve(msg: Message, context: Context, expected: type[m.WireMessage]) -> Mes
             reply = handle_train(site, request, engine=engine, sign_claim=ledger_signer)
         elif expected is m.SynthesizeQuery:
             reply = handle_synthesize(site, request, engine=engine, sign_claim=ledger_signer)
+        elif expected is m.KsalsaQuery:
+            reply = handle_ksalsa(site, request)
         else:
             reply = handle_status(site, request, engine=engine)
     return Message(m.to_recorddict(reply), reply_to=msg)

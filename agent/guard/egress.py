@@ -11,6 +11,8 @@ claims. Rules, per reply kind:
 * ``synthesize-reply``: one array ``samples`` of shape (count, 2, S, S) float32, image channel in
   [-1, 1], label channel in {0, 1}, digest matching ``samples_sha256``, and no sample whose image
   channel is a byte-exact copy of a real training patch;
+* ``ksalsa-reply``: one array ``images`` (count, H, W, 3) uint8 matching ``images_sha256``, every
+  group of >= k distinct patients and k >= the site's own ``privacy.min_k``;
 * ``status-reply`` and ``refusal``: no arrays at all.
 
 A blocked message raises :class:`EgressBlockedError` and is logged with the rule it broke, never
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 MAX_METRICS = 64
 MAX_TOTAL_ARRAY_BYTES = 256 * 1024 * 1024
 SAMPLES_ARRAY = "samples"
-_SHA_FIELDS = frozenset({"weights_sha256", "samples_sha256"})
+AVERAGES_ARRAY = "images"
+_SHA_FIELDS = frozenset({"weights_sha256", "samples_sha256", "images_sha256"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,7 @@ class EgressPolicy:
     forbidden_strings: frozenset[str] = frozenset()
     real_fingerprints: frozenset[str] = frozenset()
     blocked_log: Path | None = None
+    site_min_k: int | None = None  # k-SALSA releases: the site's own minimum k
 
     @staticmethod
     def weights_spec(weights: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -112,6 +116,8 @@ def _problems(env: m.Envelope, policy: EgressPolicy) -> list[str]:
         problems += _check_weights(msg, env.arrays, policy)
     elif isinstance(msg, m.SynthesizeReply):
         problems += _check_samples(msg, env.arrays, policy)
+    elif isinstance(msg, m.KsalsaReply):
+        problems += _check_averages(msg, env.arrays, policy)
     elif env.arrays:
         problems.append(f"a {msg.KIND} may not carry arrays, got {len(env.arrays)}")
     return problems
@@ -222,6 +228,25 @@ def _check_samples(msg: m.SynthesizeReply, arrays: Mapping[str, np.ndarray], pol
             out.append(f"{copies} sample(s) are byte-exact copies of real patches")
     if not out and m.array_sha256(arr) != msg.samples_sha256:
         out.append("samples_sha256 does not match the samples carried")
+    return out
+
+
+def _check_averages(msg: m.KsalsaReply, arrays: Mapping[str, np.ndarray], policy: EgressPolicy) -> list[str]:
+    """k-SALSA: one uint8 RGB array ``images`` with one image per group, each group >= the site's min k."""
+    if policy.site_min_k is None:
+        return ["no site minimum k given (k-anonymous releases are only allowed against the site policy)"]
+    out = []
+    if msg.min_k < policy.site_min_k or msg.k < policy.site_min_k:
+        out.append(f"release uses k = {msg.k} (min_k {msg.min_k}) below the site's privacy.min_k = {policy.site_min_k}")
+    if set(arrays) != {AVERAGES_ARRAY}:
+        return out + [f"a k-SALSA reply carries exactly one array {AVERAGES_ARRAY!r}, got {len(arrays)} array(s)"]
+    arr = arrays[AVERAGES_ARRAY]
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != msg.count or arr.shape[3] != 3:
+        return out + [f"images are {arr.shape} {arr.dtype}, expected ({msg.count}, H, W, 3) uint8"]
+    if not (8 <= arr.shape[1] <= 4096 and 8 <= arr.shape[2] <= 4096):
+        out.append(f"image size {arr.shape[1]}x{arr.shape[2]} is outside 8..4096 pixels")
+    if not out and m.array_sha256(arr) != msg.images_sha256:
+        out.append("images_sha256 does not match the images carried")
     return out
 
 

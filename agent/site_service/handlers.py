@@ -172,6 +172,40 @@ def handle_synthesize(
         return refusal(site, query, query.round, exc)
 
 
+#: Runs a k-SALSA release: (site, agent.ksalsa.task.KsalsaRequest) -> KsalsaOutcome.
+KsalsaRunner = Callable[..., object]
+
+
+def handle_ksalsa(site: SiteConfig, request: m.Envelope, *, run_task: KsalsaRunner | None = None) -> m.Envelope:
+    """A k-anonymous release (``agent.ksalsa.task``), guarded; its claim is recorded once it passes."""
+    query = request.message
+    assert isinstance(query, m.KsalsaQuery)
+    try:
+        from agent.ksalsa.baselines import Method
+        from agent.ksalsa.task import KsalsaRequest
+
+        if run_task is None:
+            from agent.ksalsa.task import run_ksalsa_task as run_task
+        req = KsalsaRequest(run_id=query.run_id, round=query.round, k=query.k, method=Method(query.method),
+                            steps=query.steps, dataset_id=query.dataset_id)
+        outcome = run_task(site, req)
+        fields = dict(outcome.reply_fields(site.site_id, req))  # type: ignore[attr-defined]
+        images = np.asarray(outcome.images)  # type: ignore[attr-defined]
+        pending = outcome.claim  # type: ignore[attr-defined]
+        reply = m.KsalsaReply(
+            run_id=str(fields["run_id"]), round=int(fields["round"]), site_id=site.site_id, k=int(fields["k"]),
+            min_k=int(fields["min_k"]), method=str(fields["method"]), count=int(fields["count"]),
+            cluster_sizes=tuple(int(n) for n in fields["cluster_sizes"]),
+            majority_grades=tuple(-1 if g is None else int(g) for g in fields["majority_grades"]),
+            images_sha256=str(fields["images_sha256"]), guarantee=str(fields["guarantee"]),
+            claim=pending.payload if pending else None,
+        )
+        policy = EgressPolicy(site_min_k=site.privacy.min_k, blocked_log=SiteState(site).blocked_log)
+        return _guarded(site, m.Envelope(reply, {"images": images}), policy, query, query.round, pending)
+    except Exception as exc:  # noqa: BLE001
+        return refusal(site, query, query.round, exc)
+
+
 def refusal(site: SiteConfig, request: m.WireMessage, round_: int, exc: BaseException) -> m.Envelope:
     """A guarded structured refusal for ``exc`` (unexpected errors are logged here, not sent)."""
     code = "internal-error"

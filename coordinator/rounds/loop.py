@@ -159,6 +159,8 @@ def run_federation(
         spent = ", ".join(f"{s}={budget.sites[s].spent:.3g}" for s in sorted(budget.sites))
         say(f"round {rnd}: aggregated {len(updates)} site(s); epsilon per site: {spent}")
     outputs = _collect_outputs(transport, plan, sites, trained_nodes, store, on_claim, refusals, timings, say)
+    if plan.ksalsa_k > 0 and store is not None:
+        outputs += _collect_ksalsa(transport, plan, sites, store, on_claim, refusals, timings, say)
     return FederationResult(
         run_id=plan.run_id, rounds_completed=completed, stop_reason=stop_reason, sites=dict(sites),
         budget=budget.snapshot(), refusals=refusals, outputs=outputs, timings=timings, weights=weights,
@@ -289,6 +291,62 @@ def _collect_outputs(
             say(f"stored {row.count} synthetic pairs from {site} ({row.guarantee}) as {row.sha256[:12]}")
         except AnonfedError as exc:
             say(f"synthesize: rejected the output of {site}: {exc}")
+            refusals.append({"round": rnd, "site": site, "code": "rejected", "reason": str(exc)})
+    timing.storage_s = time.perf_counter() - t0
+    timing.wall_s = time.perf_counter() - t_round
+    timings.append(timing)
+    return outputs
+
+
+def _collect_ksalsa(
+    transport: SiteTransport,
+    plan: FederationPlan,
+    sites: Mapping[int, str],
+    store: SyntheticStore,
+    on_claim: ClaimSink | None,
+    refusals: list[dict[str, object]],
+    timings: list[RoundTiming],
+    say: Progress,
+) -> list[dict[str, object]]:
+    """Ask every site for a k-anonymous release (k-SALSA or a k-Same baseline) and store it."""
+    rnd = plan.rounds + 2
+    say(f"asking {len(sites)} site(s) for a k-anonymous release: {plan.ksalsa_method}, k = {plan.ksalsa_k}")
+    timing = RoundTiming(rnd)
+    t_round = time.perf_counter()
+    t0 = time.perf_counter()
+    replies = transport.exchange({n: m.Envelope(plan.ksalsa_query(rnd)) for n in sites}, round_=rnd,
+                                 timeout_s=plan.reply_timeout_s)
+    timing.wait_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outputs = []
+    for node, site in sorted(sites.items()):
+        reply = replies.get(node, Failure(node, "no reply"))
+        try:
+            if isinstance(reply, Failure):
+                raise IntegrityError(reply.reason)
+            msg = reply.message
+            if isinstance(msg, m.Refusal):
+                say(f"k-anonymous release: {site} refused ({msg.code}): {msg.reason}")
+                refusals.append({"round": rnd, "site": site, "code": msg.code, "reason": msg.reason})
+                continue
+            if not isinstance(msg, m.KsalsaReply) or msg.site_id != site:
+                raise IntegrityError(f"expected a k-SALSA reply from {site}")
+            if msg.k < plan.ksalsa_k:
+                raise IntegrityError(f"{site} released with k = {msg.k}, below the requested {plan.ksalsa_k}")
+            images = reply.arrays.get("images")
+            if images is None or images.shape[0] != msg.count:
+                raise IntegrityError("k-SALSA reply lacks its images or has the wrong count")
+            row, new = store.add(images, claimed_sha256=msg.images_sha256, run_id=msg.run_id, site=site,
+                                 round=msg.round, method=msg.method, guarantee=msg.guarantee)
+            if on_claim is not None and msg.claim is not None:
+                on_claim(site, msg)
+            outputs.append({"site": site, "sha256": row.sha256, "count": row.count, "method": row.method,
+                            "guarantee": row.guarantee, "new": new, "path": str(store.blob_path(row.sha256)),
+                            "cluster_sizes": list(msg.cluster_sizes)})
+            say(f"stored {row.count} k-anonymous image(s) from {site} (groups of {min(msg.cluster_sizes)}+ patients) "
+                f"as {row.sha256[:12]}")
+        except AnonfedError as exc:
+            say(f"k-anonymous release: rejected the output of {site}: {exc}")
             refusals.append({"round": rnd, "site": site, "code": "rejected", "reason": str(exc)})
     timing.storage_s = time.perf_counter() - t0
     timing.wall_s = time.perf_counter() - t_round

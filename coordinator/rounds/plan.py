@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any, Mapping
 
 from protocols.errors import ConfigError
-from protocols.messages import SynthesizeQuery, TrainInstruction
+from protocols.messages import KsalsaQuery, SynthesizeQuery, TrainInstruction
 from protocols.tasks import PrivacyUnit, Task
 
 MAX_ROUNDS = 1000
@@ -31,6 +31,10 @@ class FederationPlan:
     dataset_id: str = "tof"
     consortium_budget: float = 10.0  # per-site epsilon the consortium allows
     synth_count: int = 16
+    ksalsa_k: int = 0  # > 0: ask every site for a k-anonymous release with this k after training
+    ksalsa_method: str = "k-same-pixel"  # ksalsa | centroid need site models; the k-Same baselines do not
+    ksalsa_steps: int = 100
+    ksalsa_dataset: str = "fundus"
     reply_timeout_s: float = 1800.0
     min_sites: int = 1  # wait for this many connected nodes before starting
     wait_for_sites_s: float = 120.0
@@ -57,6 +61,10 @@ class FederationPlan:
             expected_batch_patients=self.expected_batch_patients, max_grad_norm=self.max_grad_norm,
             seed=self.seed * 100_003 + round_,
         )
+
+    def ksalsa_query(self, round_: int) -> KsalsaQuery:
+        return KsalsaQuery(run_id=self.run_id, round=round_, k=self.ksalsa_k, method=self.ksalsa_method,
+                           steps=self.ksalsa_steps, dataset_id=self.ksalsa_dataset)
 
     def synthesize_query(self, round_: int, site_index: int) -> SynthesizeQuery:
         return SynthesizeQuery(

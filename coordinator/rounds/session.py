@@ -121,14 +121,20 @@ def check_claim_matches_reply(claim: object, site: str, reply: m.WireMessage) ->
         Naming the first field that differs.
     """
     c = claim  # protocols.ledger.SiteClaim
-    digest = getattr(reply, "weights_sha256", None) or getattr(reply, "samples_sha256", None)
+    digest = (getattr(reply, "weights_sha256", None) or getattr(reply, "samples_sha256", None)
+              or getattr(reply, "images_sha256", None))
     checks = [
         ("site", c.site, site),  # type: ignore[attr-defined]
         ("run_id", c.run_id, reply.run_id),  # type: ignore[attr-defined]
         ("round", c.round, reply.round),  # type: ignore[attr-defined]
         ("artifact sha256", sorted(a.sha256 for a in c.artifacts), [digest]),  # type: ignore[attr-defined]
-        ("cumulative epsilon", round(float(c.cumulative_epsilon), 9), round(float(reply.epsilon_cumulative), 9)),  # type: ignore[attr-defined]
     ]
+    if hasattr(reply, "epsilon_cumulative"):
+        checks.append(("cumulative epsilon", round(float(c.cumulative_epsilon), 9),  # type: ignore[attr-defined]
+                       round(float(reply.epsilon_cumulative), 9)))  # type: ignore[attr-defined]
+    if getattr(c, "kanon", None) is not None and hasattr(reply, "cluster_sizes"):
+        checks.append(("k-anonymity groups", (c.kanon.k, tuple(c.kanon.cluster_sizes)),  # type: ignore[attr-defined]
+                       (reply.k, tuple(reply.cluster_sizes))))  # type: ignore[attr-defined]
     for name, in_claim, in_reply in checks:
         if in_claim != in_reply:
             raise IntegrityError(f"the signed claim's {name} ({in_claim}) differs from the reply's ({in_reply}) from {site}")

@@ -6,6 +6,7 @@ Layout::
     DEST/README.txt                        what the data are (synthetic) and their privacy guarantee
     DEST/<site>/<run>-r<round>-<sha12>/pairs.npz    image (n,S,S) in [-1,1], label (n,S,S) in {0,1}
     DEST/<site>/<run>-r<round>-<sha12>/png/000_image.png, 000_label.png, ...
+    DEST/<site>/<run>-r<round>-<sha12>/images.npz + png/000.png   k-anonymous RGB averages
 """
 
 from __future__ import annotations
@@ -45,9 +46,16 @@ def export_dataset(store: SyntheticStore, dest: Path, *, png: bool = True) -> Pa
         for entry, samples in store.iter_samples():
             folder = dest / entry.site / f"{entry.run_id}-r{entry.round}-{entry.sha256[:12]}"
             folder.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(folder / "pairs.npz", image=samples[:, 0], label=samples[:, 1].astype(np.uint8))
-            if png:
-                _write_pngs(folder / "png", samples)
+            if samples.dtype == np.uint8:  # k-anonymous RGB averages
+                np.savez_compressed(folder / "images.npz", images=samples)
+                if png:
+                    (folder / "png").mkdir(parents=True, exist_ok=True)
+                    for i, rgb in enumerate(samples):
+                        Image.fromarray(rgb).save(folder / "png" / f"{i:03d}.png")
+            else:
+                np.savez_compressed(folder / "pairs.npz", image=samples[:, 0], label=samples[:, 1].astype(np.uint8))
+                if png:
+                    _write_pngs(folder / "png", samples)
             writer.writerow(list(dataclasses.astuple(entry)) + [str(folder.relative_to(dest))])
     log.info("exported %d synthetic output(s) to %s", len(store.entries()), dest)
     return manifest

@@ -113,8 +113,13 @@ class SyntheticStore:
         BadInputError
             If the samples are not (n, 2, S, S) float32.
         """
-        if samples.ndim != 4 or samples.shape[1] != 2 or samples.shape[2] != samples.shape[3] or samples.dtype != np.float32:
-            raise BadInputError(f"synthetic samples must be (n, 2, S, S) float32, got {samples.shape} {samples.dtype}")
+        pairs = samples.ndim == 4 and samples.shape[1] == 2 and samples.shape[2] == samples.shape[3] and samples.dtype == np.float32
+        rgb = samples.ndim == 4 and samples.shape[3] == 3 and samples.dtype == np.uint8
+        if not (pairs or rgb):
+            raise BadInputError(
+                f"synthetic outputs must be image+label pairs (n, 2, S, S) float32 or RGB images (n, H, W, 3) uint8, "
+                f"got {samples.shape} {samples.dtype}"
+            )
         data = canonical_array_bytes(samples)
         actual = hashlib.sha256(data).hexdigest()
         if actual != claimed_sha256:
@@ -127,7 +132,7 @@ class SyntheticStore:
         if new_blob:
             _atomic_write(path, data)
         row = StoredOutput(
-            actual, run_id, site, int(round), method, guarantee, int(samples.shape[0]), int(samples.shape[2]),
+            actual, run_id, site, int(round), method, guarantee, int(samples.shape[0]), int(samples.shape[2 if pairs else 1]),
             epsilon, delta, unit, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
         with self._db:

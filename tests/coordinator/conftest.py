@@ -12,7 +12,7 @@ from typing import Mapping
 
 import pytest
 
-from agent.site_service import handle_status, handle_synthesize, handle_train
+from agent.site_service import handle_ksalsa, handle_status, handle_synthesize, handle_train
 from coordinator.rounds import Failure
 from protocols import messages as m
 
@@ -35,6 +35,7 @@ class InProcessTransport:
     def __init__(self, nodes: Mapping[int, tuple[object, object]]) -> None:
         self.nodes = dict(nodes)
         self.sent: list[tuple[int, str, int]] = []
+        self.ksalsa_task = None  # a fake k-SALSA release function, when a test needs one
 
     def node_ids(self) -> list[int]:
         return sorted(self.nodes)
@@ -49,6 +50,8 @@ class InProcessTransport:
                 reply = handle_train(site, wire, engine=engine)
             elif isinstance(wire.message, m.SynthesizeQuery):
                 reply = handle_synthesize(site, wire, engine=engine)
+            elif isinstance(wire.message, m.KsalsaQuery):
+                reply = handle_ksalsa(site, wire, run_task=self.ksalsa_task)
             elif isinstance(wire.message, m.StatusQuery):
                 reply = handle_status(site, wire, engine=engine)
             else:

@@ -11,8 +11,9 @@ from coordinator.store import SyntheticStore
 from protocols import messages as m
 
 
-def _run(transport, tmp_path, *, rounds=3, consortium=10.0, synth=4):
-    plan = FederationPlan(rounds=rounds, patch_size=8, local_steps=2, synth_count=synth, run_id="run-t")
+def _run(transport, tmp_path, *, rounds=3, consortium=10.0, synth=4, ksalsa_k=0):
+    plan = FederationPlan(rounds=rounds, patch_size=8, local_steps=2, synth_count=synth, run_id="run-t",
+                          ksalsa_k=ksalsa_k)
     engine = next(iter(transport.nodes.values()))[1]
     init = engine.reference_weights(architecture=plan.architecture, patch_size=plan.patch_size)
     store = SyntheticStore(tmp_path / "store")
@@ -122,3 +123,48 @@ def test_node_answering_as_another_site_than_registered_is_left_out(consortium, 
     t.registered_names = lambda: {1000: "hospital-a", 1001: "hospital-x", 1002: "hospital-c"}
     result, _ = _run(t, tmp_path, rounds=1, synth=0)
     assert sorted(result.sites.values()) == ["hospital-a", "hospital-c"]
+
+
+def test_k_anonymous_releases_are_collected_and_exported(consortium, tmp_path) -> None:
+    import csv
+
+    from coordinator.store.export import export_dataset
+
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+
+    class Release:
+        def __init__(self, site_id):
+            self.images = np.full((2, 16, 16, 3), hash(site_id) % 250, np.uint8)
+            self.claim = None
+
+        def reply_fields(self, site_id, req):
+            return {"run_id": req.run_id, "round": req.round, "site_id": site_id, "k": req.k, "min_k": 5,
+                    "method": req.method.value, "count": 2, "cluster_sizes": [5, 6], "majority_grades": [1, 3],
+                    "images_sha256": m.array_sha256(self.images), "guarantee": "k-anonymity, k = 5"}
+
+    t.ksalsa_task = lambda site, req: Release(site.site_id)
+    result, store = _run(t, tmp_path, rounds=1, synth=0, ksalsa_k=5)
+    kanon = [o for o in result.outputs if "cluster_sizes" in o]
+    assert sorted(o["site"] for o in kanon) == ["hospital-a", "hospital-b", "hospital-c"]
+    assert all(o["cluster_sizes"] == [5, 6] for o in kanon)
+    manifest = export_dataset(store, tmp_path / "export")
+    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    assert len(rows) == 3 and all((tmp_path / "export" / r["folder"] / "images.npz").is_file() for r in rows)
+
+
+def test_release_with_smaller_k_than_requested_is_rejected(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+
+    class Release:
+        images = np.zeros((1, 16, 16, 3), np.uint8)
+        claim = None
+
+        def reply_fields(self, site_id, req):
+            return {"run_id": req.run_id, "round": req.round, "site_id": site_id, "k": 5, "min_k": 5,
+                    "method": req.method.value, "count": 1, "cluster_sizes": [5], "majority_grades": [0],
+                    "images_sha256": m.array_sha256(self.images), "guarantee": "k-anonymity, k = 5"}
+
+    t.ksalsa_task = lambda site, req: Release()
+    result, store = _run(t, tmp_path, rounds=1, synth=0, ksalsa_k=8)
+    assert not [o for o in result.outputs if "cluster_sizes" in o]
+    assert {r["code"] for r in result.refusals} == {"rejected"} and store.entries() == []
