@@ -292,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dpgan")
     ap.add_argument("--merge", nargs="+", type=Path, help="combine result JSONs of runs split over processes")
+    ap.add_argument("--real-from", type=Path, help="with --merge: take only the 'real' row from this result JSON "
+                    "(same split, seed and U-Net settings)")
     ap.add_argument("--no-real", action="store_true", help="skip the real-patch U-Net (merge with a run that has it)")
     ap.add_argument("--unet-evals", type=int, default=2, help="validation checkpoints per U-Net")
     args = ap.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.out, args.tag)
+        return merge(args.merge, args.out, args.tag, real_from=args.real_from)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
 
@@ -364,10 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def merge(paths: list[Path], out: Path, tag: str) -> int:
+def merge(paths: list[Path], out: Path, tag: str, *, real_from: Path | None = None) -> int:
     """One report from runs of the same configuration split over processes (first 'real' row kept)."""
     docs = [json.loads(p.read_text()) for p in paths]
     results, seen = [], set()
+    if real_from is not None:
+        results = [r for r in json.loads(real_from.read_text())["results"] if r["name"] == "real"]
+        seen = {"real"}
     for d in docs:
         for r in d["results"]:
             if r["name"] not in seen:
@@ -381,7 +386,9 @@ def merge(paths: list[Path], out: Path, tag: str) -> int:
     doc = dict(docs[0])
     doc["command"] = " ; ".join(d["command"] for d in docs) + f" ; then --merge {' '.join(p.name for p in paths)}"
     doc["seconds_total"] = max(d["seconds_total"] for d in docs)
-    doc["real_rows_per_part"] = [next(r["dsc"]["mean"] for r in d["results"] if r["name"] == "real") for d in docs]
+    doc["real_rows_per_part"] = [r["dsc"]["mean"] for d in docs for r in d["results"] if r["name"] == "real"]
+    if real_from is not None:
+        doc["command"] += f" --real-from {real_from.name}"
     doc["results"] = results
     suffix = f"_{tag}" if tag else ""
     out.mkdir(parents=True, exist_ok=True)
