@@ -129,3 +129,15 @@ def test_noise_is_calibrated_for_the_whole_plan(make_site, patchset) -> None:
     short = local_round.mechanism_for(dataclasses.replace(PLAN, total_planned_steps=4), num_patients=8, num_patches=48, hp=hp)
     long = local_round.mechanism_for(dataclasses.replace(PLAN, total_planned_steps=40), num_patients=8, num_patches=48, hp=hp)
     assert long.noise_multiplier > short.noise_multiplier
+
+
+def test_a_round_on_real_phantom_patches_counts_patients_not_volumes(make_site, tiny_volumes) -> None:
+    from agent.patching.patches import extract_patches
+
+    patches = extract_patches(tiny_volumes, size=32, per_volume=4, rng=np.random.default_rng(0))
+    assert len(tiny_volumes) == 4 and patches.num_patients == 3
+    plan = dataclasses.replace(PLAN, expected_batch_patients=1)
+    result = run_local_round(site=make_site(), dataset_id="tof", patches=patches, weights=None, plan=plan)
+    assert result.num_patients == 3
+    assert result.mechanism["sample_rate"] == pytest.approx(1 / 3)
+    assert all(np.isfinite(v).all() for v in result.weights.values())
