@@ -296,7 +296,7 @@ def plot(out: Path, rows: list[dict]) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for method in METHODS:
-        rs = [r for r in rows if r["method"] == method.value]
+        rs = sorted((r for r in rows if r["method"] == method.value), key=lambda r: r["k"])
         ks = [r["k"] for r in rs]
         axes[0].plot(ks, [r["fid"] for r in rs], "o-", label=method.value)
         axes[1].plot(ks, [r["cls_accuracy"] for r in rs], "o-", label=method.value)
@@ -339,8 +339,12 @@ def main() -> None:
     sub.choices["eval"].add_argument("--out", default="benchmarks/results/ksalsa")
     sub.choices["eval"].add_argument("--steps", type=int, default=100)
     sub.choices["eval"].add_argument("--ks", default="5,2,10", help="k values in run order (default 5,2,10)")
+    replot = sub.add_parser("plot", help="redraw metrics_vs_k.png from results.json")
+    replot.add_argument("--out", default="benchmarks/results/ksalsa")
     args = ap.parse_args()
-    if args.stage == "train":
+    if args.stage == "plot":
+        plot(Path(args.out), json.loads((Path(args.out) / "results.json").read_text())["rows"])
+    elif args.stage == "train":
         train(args)
     else:
         evaluate(args)
