@@ -399,6 +399,10 @@ def merge(paths: list[Path], out: Path, tag: str, *, real_from: Path | None = No
     return 0
 
 
+def num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def markdown(doc: dict) -> str:
     c = doc["config"]
     lines = [
@@ -421,8 +425,8 @@ def markdown(doc: dict) -> str:
         hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
         lines.append(
             f"| {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
-            f"{r.get('noise_multiplier', float('nan')):.3g} | {fmt(d)} | {r['dsc_ratio_to_real']:.3f} | {hd_s} | "
-            f"{r.get('fid', float('nan')):.1f} | {r.get('kid', float('nan')):.4f} |"
+            f"{num(r.get('noise_multiplier'), '.3g')} | {fmt(d)} | {num(r['dsc_ratio_to_real'], '.3f')} | {hd_s} | "
+            f"{num(r.get('fid'), '.1f')} | {num(r.get('kid'), '.4f')} |"
         )
     return "\n".join(lines) + "\n"
 
