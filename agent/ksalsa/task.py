@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 10_000
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,12 @@ class KsalsaRequest:
     dataset_id: str = "fundus"
 
     def __post_init__(self) -> None:
+        # run_id names the release folder: no separators, no leading dot (as ledger names).
+        if not isinstance(self.run_id, str) or not _RUN_ID.fullmatch(self.run_id):
+            raise BadInputError(f"run_id: expected letters, digits, '.', '_', '-' (1-128, not starting with '.'), "
+                                f"got {self.run_id!r}")
+        if self.round < 0 or self.k < 1:
+            raise BadInputError(f"round must be >= 0 and k >= 1, got round={self.round}, k={self.k}")
         if not isinstance(self.method, Method):
             raise BadInputError(f"method: expected one of {[m.value for m in Method]}, got {self.method!r}")
         if not 0 <= self.steps <= MAX_STEPS:

@@ -97,3 +97,14 @@ def test_reply_fields_carry_no_identifiers(site, tiny_fundus) -> None:
     fields = outcome.reply_fields(site.site_id, request)
     assert fields["cluster_sizes"] == [5, 5] and fields["count"] == 2
     assert "tiny-p" not in repr(fields)
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    ({"run_id": "../escape"}, "run_id: expected letters"),
+    ({"k": 0}, "k >= 1"),
+    ({"steps": -1}, "steps: expected 0.."),
+])
+def test_malformed_requests_are_refused(fields, match) -> None:
+    base = {"run_id": "run-1", "round": 0, "k": 5}
+    with pytest.raises(BadInputError, match=match):
+        KsalsaRequest(**{**base, **fields})
