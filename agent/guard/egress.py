@@ -35,6 +35,7 @@ import numpy as np
 from agent.guard.strings import find_identifying_text
 from protocols import messages as m
 from protocols.errors import EgressBlockedError, MessageSchemaError
+from protocols.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ MAX_TOTAL_ARRAY_BYTES = 256 * 1024 * 1024
 SAMPLES_ARRAY = "samples"
 AVERAGES_ARRAY = "images"
 _SHA_FIELDS = frozenset({"weights_sha256", "samples_sha256", "images_sha256"})
+# Models of these tasks are trained without DP for use at the site only (k-SALSA's StyleGAN):
+# their weights never leave, whatever plan a request carries.
+SITE_ONLY_TASKS = frozenset({Task.STYLEGAN_LOCAL})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +190,8 @@ def _is_digest_field(path: str) -> bool:
 
 
 def _check_weights(msg: m.TrainReply, arrays: Mapping[str, np.ndarray], policy: EgressPolicy) -> list[str]:
+    if Task(msg.task) in SITE_ONLY_TASKS:
+        return [f"task {Task(msg.task).value} trains a site-only model (no DP): its weights may never leave the site"]
     if policy.expected_weights is None:
         return ["no weight plan given for a train reply (weights are only allowed against a plan)"]
     out = []

@@ -36,14 +36,12 @@ def test_local_checkpoint_cannot_be_exported(tiny_arch, tmp_path):
 
 
 def test_guard_refuses_local_weights_without_a_plan(tiny_arch):
-    with pytest.raises(EgressBlockedError, match="no weight plan"):
+    with pytest.raises(EgressBlockedError, match="site-only model"):
         egress.check_outgoing(_reply_with(_local_weights(tiny_arch)), egress.EgressPolicy())
 
 
-@pytest.mark.xfail(reason="agent.guard does not yet refuse task stylegan-local when a plan matches its shapes; "
-                          "the guard should block any train-reply whose task is stylegan-local", strict=False)
 def test_guard_refuses_local_weights_even_against_a_matching_plan(tiny_arch):
     arrays = _local_weights(tiny_arch)
     policy = egress.EgressPolicy(expected_weights=egress.EgressPolicy.weights_spec(arrays))
-    with pytest.raises(EgressBlockedError):
+    with pytest.raises(EgressBlockedError, match="site-only model"):
         egress.check_outgoing(_reply_with(arrays), policy)
