@@ -163,6 +163,8 @@ def main() -> int:
     ap.add_argument("--invert-n", type=int, default=16)
     ap.add_argument("--opt-steps", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["all", "dp"], default="all",
+                    help="dp: only the federated-dp model (results in quality-dp.{json,md})")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     t_all = time.perf_counter()
@@ -185,28 +187,30 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    record("real train phantoms (reference)", train_images[: args.fid_n], {"steps": 0, "train_seconds": 0})
+    if args.only == "all":
+        record("real train phantoms (reference)", train_images[: args.fid_n], {"steps": 0, "train_seconds": 0})
 
     train = TrainingConfig(batch_size=16, augment_p=0.0, ema_half_life_images=2000)
-    local = StyleGANTrainer(arch, train, mode=TrainingMode.LOCAL, seed=args.seed)
-    steps, secs = train_for(local, train_images, train_patients, seconds=args.seconds)
-    t = time.perf_counter()
-    samples = sample_stylegan(local, args.fid_n, seed=1)
-    per_1000 = (time.perf_counter() - t) / args.fid_n * 1000
-    record("StyleGAN2 local (no DP)", samples, {"steps": steps, "train_seconds": round(secs), "epsilon": math.inf,
-                                               "augment_p_final": round(local.ada.p, 3),
-                                               "sample_seconds_per_1000": round(per_1000, 1)})
+    if args.only == "all":
+        local = StyleGANTrainer(arch, train, mode=TrainingMode.LOCAL, seed=args.seed)
+        steps, secs = train_for(local, train_images, train_patients, seconds=args.seconds)
+        t = time.perf_counter()
+        samples = sample_stylegan(local, args.fid_n, seed=1)
+        per_1000 = (time.perf_counter() - t) / args.fid_n * 1000
+        record("StyleGAN2 local (no DP)", samples, {"steps": steps, "train_seconds": round(secs), "epsilon": math.inf,
+                                                   "augment_p_final": round(local.ada.p, 3),
+                                                   "sample_seconds_per_1000": round(per_1000, 1)})
 
-    G_dc, dc_steps = train_dcgan(train_images, seconds=args.seconds, batch=16, seed=args.seed)
-    record("DCGAN baseline (no DP)", sample_dcgan(G_dc, args.fid_n, seed=1),
-           {"steps": dc_steps, "train_seconds": round(args.seconds), "epsilon": math.inf})
+        G_dc, dc_steps = train_dcgan(train_images, seconds=args.seconds, batch=16, seed=args.seed)
+        record("DCGAN baseline (no DP)", sample_dcgan(G_dc, args.fid_n, seed=1),
+               {"steps": dc_steps, "train_seconds": round(args.seconds), "epsilon": math.inf})
 
     # DP: expected 8 patients per step; estimate the steps that fit the budget, calibrate for them.
     dp_arch = dataclasses.replace(arch, mbstd_group_size=0)
     q = min(1.0, 8 / args.patients)
     probe = StyleGANTrainer(dp_arch, train, mode=TrainingMode.FEDERATED_DP, seed=args.seed,
                             dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=q, images_per_patient=1))
-    _, probe_secs = train_for(probe, train_images, train_patients, seconds=0, max_steps=3)
+    _, probe_secs = train_for(probe, train_images, train_patients, seconds=math.inf, max_steps=3)
     dp_steps = max(1, int(args.seconds / max(probe_secs / 3, 1e-3)))
     sigma = calibrate_noise_multiplier(target_epsilon=args.epsilon, delta=args.delta, sample_rate=q, steps=dp_steps,
                                        kind=AccountantKind.PRV)
@@ -218,45 +222,50 @@ def main() -> int:
            {"steps": steps_dp, "train_seconds": round(secs_dp), "epsilon": round(eps, 3), "delta": args.delta,
             "noise_multiplier": round(sigma, 4), "sample_rate": q, "unit": "patient"})
 
-    # Inversion of held-out phantoms with the local generator.
-    features = load_feature_extractor()
-    loss_fn = ReconstructionLoss(features, ReconstructionWeights(feature_resolution=128))
-    enc = EncoderTrainer(local.G_ema, ReconstructionLoss(features, ReconstructionWeights(feature_resolution=None)),
-                         EncoderTraining(batch_size=8, iterations=3), seed=args.seed, width=48)
-    start = time.perf_counter()
-    while time.perf_counter() - start < args.encoder_seconds:
-        enc.fit(train_images, steps=enc.step_count + 1)
-    targets = held_out[: args.invert_n]
-    G = local.G_ema
-    t = time.perf_counter()
-    with torch.no_grad():
-        ws = refine(enc.encoder, G, targets, iterations=5)[-1]
-        recon = synthesize(G, ws)
-    t_enc = time.perf_counter() - t
-    t = time.perf_counter()
-    ws_opt, _ = optimise_latents(G, targets, ws, loss_fn, OptimisationSettings(steps=args.opt_steps, lr=0.05))
-    t_opt = time.perf_counter() - t
-    with torch.no_grad():
-        recon_opt = synthesize(G, ws_opt)
-        mean_img = synthesize(G, G.mean_ws(targets.shape[0]))
-        inv = {}
-        for name, img, secs in (("average latent (no inversion)", mean_img, 0.0), ("encoder only", recon, t_enc),
-                                (f"encoder + {args.opt_steps} optimisation steps", recon_opt, t_enc + t_opt)):
-            up = lambda x: F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)  # noqa: E731
-            inv[name] = {"psnr_db": round(float(psnr(img, targets).mean()), 2),
-                         "feature_distance": round(float(feature_distance(features, up(img.clamp(-1, 1)), up(targets)).mean()), 4),
-                         "seconds_per_1000": round(secs / targets.shape[0] * 1000, 1)}
-            print(name, inv[name], flush=True)
+    inv: dict = {}
+    enc_steps = 0
+    if args.only == "all":
+        # Inversion of held-out phantoms with the local generator.
+        features = load_feature_extractor()
+        loss_fn = ReconstructionLoss(features, ReconstructionWeights(feature_resolution=128))
+        enc = EncoderTrainer(local.G_ema, ReconstructionLoss(features, ReconstructionWeights(feature_resolution=None)),
+                             EncoderTraining(batch_size=8, iterations=3), seed=args.seed, width=48)
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.encoder_seconds:
+            enc.fit(train_images, steps=enc.step_count + 1)
+        enc_steps = enc.step_count
+        targets = held_out[: args.invert_n]
+        G = local.G_ema
+        t = time.perf_counter()
+        with torch.no_grad():
+            ws = refine(enc.encoder, G, targets, iterations=5)[-1]
+            recon = synthesize(G, ws)
+        t_enc = time.perf_counter() - t
+        t = time.perf_counter()
+        ws_opt, _ = optimise_latents(G, targets, ws, loss_fn, OptimisationSettings(steps=args.opt_steps, lr=0.05))
+        t_opt = time.perf_counter() - t
+        with torch.no_grad():
+            recon_opt = synthesize(G, ws_opt)
+            mean_img = synthesize(G, G.mean_ws(targets.shape[0]))
+            inv = {}
+            for name, img, secs in (("average latent (no inversion)", mean_img, 0.0), ("encoder only", recon, t_enc),
+                                    (f"encoder + {args.opt_steps} optimisation steps", recon_opt, t_enc + t_opt)):
+                up = lambda x: F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)  # noqa: E731
+                inv[name] = {"psnr_db": round(float(psnr(img, targets).mean()), 2),
+                             "feature_distance": round(float(feature_distance(features, up(img.clamp(-1, 1)), up(targets)).mean()), 4),
+                             "seconds_per_1000": round(secs / targets.shape[0] * 1000, 1)}
+                print(name, inv[name], flush=True)
 
     doc = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stylegan_quality.py " +
                       " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
            "resolution": res, "preset": "small64", "threads": torch.get_num_threads(),
            "train_images": int(train_images.shape[0]), "held_out": int(held_out.shape[0]), "fid_n": args.fid_n,
-           "gans": rows, "inversion": inv, "encoder_steps": enc.step_count,
+           "gans": rows, "inversion": inv, "encoder_steps": enc_steps,
            "seconds_total": round(time.perf_counter() - t_all)}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "quality.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (OUT / "quality.md").write_text(markdown(doc))
+    stem = "quality" if args.only == "all" else "quality-dp"
+    (OUT / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (OUT / f"{stem}.md").write_text(markdown(doc))
     print(markdown(doc))
     return 0
 
@@ -273,6 +282,8 @@ def markdown(doc: dict) -> str:
     ]
     for r in doc["gans"]:
         lines.append(f"| {r['model']} | {r['fid']:.1f} | {r['steps']} | {r['train_seconds']} | {r.get('epsilon', '')} |")
+    if not doc["inversion"]:
+        return "\n".join(lines) + "\n"
     lines += ["", f"Inversion of held-out phantoms with the local generator (encoder trained {doc['encoder_steps']} steps):",
               "", "| method | PSNR dB | feature distance | s per 1,000 images |", "|---|---|---|---|"]
     for name, r in doc["inversion"].items():
