@@ -156,6 +156,10 @@ def run_demo(opts: DemoOptions) -> int:
         step("auditor: verifying the privacy ledger with only the ledger and public keys")
         verified = _anonfed(["audit", "verify", str(ledger), "--keys", str(paths.keys / "public"),
                              "--store", str(paths.output / "store")], paths, "audit-verify", check=False, show=True)
+        step("auditor: rendering the ledger report (HTML)")
+        budgets = [f"--site-budget={site}={b['limit']}" for site, b in sorted((summary.get("budget") or {}).items())]
+        _anonfed(["audit", "report", str(ledger), "-o", str(paths.root / "report.html"), "--keys",
+                  str(paths.keys / "public"), "--store", str(paths.output / "store"), *budgets], paths, "audit-report")
     step("exporting the synthetic dataset")
     _anonfed(["coordinator", "export", "--store", str(paths.output / "store"), "--dest",
               str(paths.root / "synthetic-dataset")], paths, "export")
@@ -240,6 +244,7 @@ def _print_summary(summary: dict, paths: DemoPaths, verified: int | None, elapse
         print("ledger: none (no ledger code or keys)")
     else:
         print(f"ledger: {paths.output / 'ledger' / 'ledger.jsonl'} -> {'VERIFIED' if verified == 0 else 'FAILED'}")
+        print(f"audit report: {paths.root / 'report.html'} (open in a browser)")
     print(f"synthetic store: {paths.output / 'store'}")
     print(f"synthetic dataset: {paths.root / 'synthetic-dataset'} (manifest.csv, PNG and NPZ per output)")
     print(f"coordinator summary: {paths.output / 'summary.json'}; logs: {paths.root / 'logs'}, "

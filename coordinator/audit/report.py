@@ -41,6 +41,7 @@ def _site_plot(site: str, rows: list[EntryRow], budget: float | None) -> str:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 3.2), dpi=90)
     ax = fig.add_subplot(1, 1, 1)
@@ -62,6 +63,8 @@ def _site_plot(site: str, rows: list[EntryRow], budget: float | None) -> str:
         ax.axhline(budget, color="#c62828", linestyle="--", label=f"budget {budget:g}")
     ax.set_xlabel("round" if by_round else "ledger entry (several runs)")
     ax.set_ylabel("cumulative epsilon")
+    ax.set_ylim(bottom=0)  # a budget is read against zero spend, not against the first round
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{site}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
