@@ -21,16 +21,17 @@ dataset: no DP round on the same dataset can claim a finite epsilon afterwards.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from agent.config import SiteConfig
-from agent.dp.accounting import AccountantKind, calibrate_noise_multiplier, epsilon_of
+from agent.dp.accounting import AccountantKind, epsilon_of
+from agent.dp.calibration_cache import cached_noise_multiplier, calibration_cache_path
 from agent.dp.durable_accountant import DurableAccountant, accountant_path
 from agent.models.architectures import GanSpec, parse_architecture
 from agent.models.weights import initial_weights
@@ -155,8 +156,14 @@ def check_plan_against_policy(site: SiteConfig, plan: RoundPlan, num_patients: i
         raise BadInputError("round plan: max_grad_norm must be > 0 and expected_batch_patients >= 1")
 
 
-def mechanism_for(plan: RoundPlan, *, num_patients: int, num_patches: int, hp: Hyperparameters) -> DPSettings:
-    """Noise multiplier and sample rate for ``plan`` (deterministic: the same in every round)."""
+def mechanism_for(
+    plan: RoundPlan, *, num_patients: int, num_patches: int, hp: Hyperparameters, calibration_cache: Path | None = None
+) -> DPSettings:
+    """Noise multiplier and sample rate for ``plan`` (deterministic: the same in every round).
+
+    ``calibration_cache`` is the site's on-disk cache of calibrations (see
+    :mod:`agent.dp.calibration_cache`); ``None`` calibrates without it.
+    """
     unit = PrivacyUnit(plan.unit)
     if unit is PrivacyUnit.PATIENT:
         expected = float(plan.expected_batch_patients)
@@ -170,16 +177,16 @@ def mechanism_for(plan: RoundPlan, *, num_patients: int, num_patches: int, hp: H
             "lower expected_batch_patients"
         )
     sample_rate = expected / population
-    sigma = _calibrated_sigma(float(plan.target_epsilon), plan.delta, sample_rate, plan.total_planned_steps)  # type: ignore[arg-type]
-    return DPSettings(sigma, plan.max_grad_norm, sample_rate, unit, expected)
-
-
-@functools.lru_cache(maxsize=32)
-def _calibrated_sigma(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    # Pure and deterministic, so caching cannot change a result; it saves seconds per repeated plan.
-    return calibrate_noise_multiplier(
-        target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps, kind=ACCOUNTANT_KIND
+    # Each Flower message runs in a fresh process, so the cache lives on disk, not in memory.
+    sigma = cached_noise_multiplier(
+        calibration_cache,
+        target_epsilon=float(plan.target_epsilon),  # type: ignore[arg-type]
+        delta=plan.delta,
+        sample_rate=sample_rate,
+        steps=plan.total_planned_steps,
+        kind=ACCOUNTANT_KIND,
     )
+    return DPSettings(sigma, plan.max_grad_norm, sample_rate, unit, expected)
 
 
 def run_local_round(
@@ -215,7 +222,10 @@ def run_local_round(
     acc = open_accountant(site, dataset_id)
     label = f"{plan.architecture} seed {plan.seed}"
     if dp_on:
-        mech = mechanism_for(plan, num_patients=num_patients, num_patches=images.shape[0], hp=hp)
+        mech = mechanism_for(
+            plan, num_patients=num_patients, num_patches=images.shape[0], hp=hp,
+            calibration_cache=calibration_cache_path(site.state.accountant),
+        )
         # Write-ahead: the whole round is charged on disk before its first step.
         eps_cum = acc.reserve(
             noise_multiplier=mech.noise_multiplier,
