@@ -15,7 +15,6 @@ accountant, in the same order as :func:`agent.training.local_round.run_local_rou
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 from pathlib import Path
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 
 from agent.config import SiteConfig
-from agent.dp.accounting import calibrate_noise_multiplier, epsilon_of
+from agent.dp.accounting import epsilon_of
+from agent.dp.calibration_cache import cached_noise_multiplier, calibration_cache_path
 from agent.stylegan.config import StyleGANConfig, TrainingConfig, TrainingMode
 from agent.stylegan.dp_step import DPSettings
 from agent.stylegan.train import Progress, StyleGANTrainer
@@ -89,7 +89,10 @@ def run_stylegan_dp_round(*, site: SiteConfig, dataset_id: str, images: torch.Te
     population = num_patients if unit is PrivacyUnit.PATIENT else images.shape[0]
     expected = plan.expected_batch_patients * (1 if unit is PrivacyUnit.PATIENT else images_per_patient)
     sample_rate = min(1.0, expected / population)
-    sigma = _calibrated_sigma(plan.target_epsilon, plan.delta, sample_rate, plan.total_planned_steps)
+    # Each Flower message runs in a fresh process: the site's on-disk cache spares the ~20 s search.
+    sigma = cached_noise_multiplier(calibration_cache_path(site.state.accountant), target_epsilon=plan.target_epsilon,
+                                    delta=plan.delta, sample_rate=sample_rate, steps=plan.total_planned_steps,
+                                    kind=ACCOUNTANT_KIND)
     dp = DPSettings(noise_multiplier=sigma, max_grad_norm=plan.max_grad_norm, sample_rate=sample_rate, unit=unit,
                     images_per_patient=images_per_patient)
     trainer = StyleGANTrainer(arch, train, mode=TrainingMode.FEDERATED_DP, seed=plan.seed, dp=dp, device=device)
@@ -108,13 +111,6 @@ def run_stylegan_dp_round(*, site: SiteConfig, dataset_id: str, images: torch.Te
                  "accountant": acc.kind.value}
     log.info("stylegan dp round: %d steps, epsilon round %.4g, cumulative %.4g", plan.local_steps, eps_round, eps_cum)
     return RoundResult(trainer.to_arrays(), num_patients, metrics, mechanism, eps_round, eps_cum)
-
-
-@functools.lru_cache(maxsize=32)
-def _calibrated_sigma(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    # Pure and deterministic (PRV calibration takes ~20 s on one core): every round of a plan reuses it.
-    return calibrate_noise_multiplier(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
-                                      steps=steps, kind=ACCOUNTANT_KIND)
 
 
 def run_stylegan_local(*, site: SiteConfig, images: torch.Tensor, patient_index: torch.Tensor, steps: int,
