@@ -22,14 +22,13 @@ import dataclasses
 import fcntl
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from agent.dp.accounting import AccountantKind, HistoryEntry, epsilon_of
+from protocols.atomic_files import write_json_atomic
 from protocols.errors import AccountingError, BadInputError, BudgetExceededError
 from protocols.tasks import PrivacyUnit
 
@@ -235,21 +234,9 @@ class DurableAccountant:
 
 
 def atomic_write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` to ``path`` atomically: temp file in the same folder, fsync, replace, fsync folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``doc`` atomically as ``json.dumps(doc, indent=1, sort_keys=True)``.
+
+    Thin wrapper over :func:`protocols.atomic_files.write_json_atomic` fixing the accountant's
+    file format.
+    """
+    write_json_atomic(path, doc, sort_keys=True, indent=1)
