@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.config import SiteConfig
+from protocols.atomic_files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +40,10 @@ def enroll(site: SiteConfig, *, export_dir: Path | None = None) -> Enrollment:
     node_pub = node_key.with_suffix(".pub")
     if not node_key.is_file():
         private = ec.generate_private_key(ec.SECP384R1())
-        _write(node_key, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                               serialization.NoEncryption()), 0o600)
-        _write(node_pub, private.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                            serialization.PublicFormat.OpenSSH) + b"\n", 0o644)
+        write_bytes_atomic(node_key, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption()), mode=0o600)
+        write_bytes_atomic(node_pub, private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                            serialization.PublicFormat.OpenSSH) + b"\n", mode=0o644)
         log.info("created the Flower node key of %s", site.site_id)
     ledger_pub = _ensure_ledger_key(site)
     if export_dir is not None:
@@ -71,18 +70,3 @@ def _ensure_ledger_key(site: SiteConfig) -> Path | None:
     elif not public.is_file():
         save_public_key(load_private_key(private).public, public)
     return public
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.config import SiteConfig
+from protocols.atomic_files import write_bytes_atomic
 from protocols.errors import BadInputError, IntegrityError
 from protocols.messages import canonical_array_bytes, weights_sha256
 
@@ -57,8 +56,8 @@ class SiteState:
         """Store the released weights and their provenance (weights first, then the record)."""
         buf = io.BytesIO()
         np.savez(buf, **weights)
-        _atomic_write(self.root / "last_model.npz", buf.getvalue())
-        _atomic_write(self.root / "last_model.json", json.dumps(dataclasses.asdict(record), sort_keys=True).encode())
+        write_bytes_atomic(self.root / "last_model.npz", buf.getvalue())
+        write_bytes_atomic(self.root / "last_model.json", json.dumps(dataclasses.asdict(record), sort_keys=True).encode())
 
     def load_model(self) -> tuple[ModelRecord, dict[str, np.ndarray]]:
         """The last released model.
@@ -81,7 +80,7 @@ class SiteState:
         return record, weights
 
     def save_fingerprints(self, fingerprints: frozenset[str]) -> None:
-        _atomic_write(self.root / "real_fingerprints.json", json.dumps(sorted(fingerprints)).encode())
+        write_bytes_atomic(self.root / "real_fingerprints.json", json.dumps(sorted(fingerprints)).encode())
 
     def load_fingerprints(self) -> frozenset[str]:
         path = self.root / "real_fingerprints.json"
@@ -90,21 +89,6 @@ class SiteState:
     def save_release(self, sha256: str, samples: np.ndarray, provenance: dict[str, Any]) -> Path:
         """Keep the site's own copy of what it released (the coordinator stores the same bytes)."""
         path = self.releases / f"{sha256}.npy"
-        _atomic_write(path, canonical_array_bytes(samples))
-        _atomic_write(path.with_suffix(".json"), json.dumps(provenance, sort_keys=True).encode())
+        write_bytes_atomic(path, canonical_array_bytes(samples))
+        write_bytes_atomic(path.with_suffix(".json"), json.dumps(provenance, sort_keys=True).encode())
         return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
