@@ -14,10 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+from protocols.atomic_files import write_text_atomic
 from protocols.errors import AccountingError, BadInputError
 
 log = logging.getLogger(__name__)
@@ -121,11 +120,5 @@ class ConsortiumBudget:
     def _save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"limit_per_site": self.limit_per_site, "sites": self.snapshot()}, indent=2, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, data)

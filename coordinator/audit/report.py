@@ -11,12 +11,11 @@ import base64
 import html
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from coordinator.audit.verify import AuditResult, EntryRow, Severity
+from protocols.atomic_files import write_text_atomic
 
 MAX_TABLE_ROWS = 2000  # a 100,000-entry ledger would make an unreadable page; the newest rows are shown
 
@@ -167,16 +166,4 @@ def render_report(
 
 def write_report(path: Path, text: str) -> None:
     """Write the report atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(Path(path), text, mode=0o644)

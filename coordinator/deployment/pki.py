@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from protocols.atomic_files import write_bytes_atomic
 from protocols.errors import BadInputError
 
 VALID_DAYS = 365
@@ -101,23 +100,8 @@ def make_coordinator_ledger_key(keys_dir: Path) -> Path:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write key material with mode 0600 (atomic)."""
-    _atomic(path, data, 0o600)
+    write_bytes_atomic(path, data, mode=0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    _atomic(path, data, 0o644)
-
-
-def _atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data, mode=0o644)

@@ -11,18 +11,16 @@ the same hash, is consistent; one naming an entry beyond the end means truncatio
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from protocols.atomic_files import write_bytes_atomic
 from protocols.canonical import decode, encode
 from protocols.errors import BadInputError, SignatureError
 from protocols.ledger import GENESIS, LEDGER_SCHEMA
 from protocols.signing import SigningKey, VerifyKey
 
-from coordinator.ledger.storage import fsync_directory
 
 HEAD_DOMAIN = b"anonfed/ledger-head/v1"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -94,19 +92,7 @@ def sign_head(*, count: int, last_hash: str, key: SigningKey) -> SignedHead:
 
 def write_head(path: Path, head: SignedHead) -> None:
     """Atomically replace the head file (temp file, fsync, rename, fsync folder)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(head.to_bytes() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+    write_bytes_atomic(Path(path), head.to_bytes() + b"\n", mode=0o644)
 
 
 def read_head(path: Path) -> SignedHead | None:

@@ -19,7 +19,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +28,7 @@ from coordinator.rounds.plan import FederationPlan
 from coordinator.rounds.transport import SiteTransport
 from coordinator.store import SyntheticStore
 from protocols import messages as m
+from protocols.atomic_files import write_text_atomic
 from protocols.errors import IntegrityError
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,4 @@ def _progress_writer(path: Path):
 
 
 def _atomic_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True, default=str), mode=0o644)

@@ -17,14 +17,13 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import os
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from protocols.atomic_files import write_bytes_atomic
 from protocols.errors import BadInputError, IntegrityError
 from protocols.messages import array_sha256, canonical_array_bytes, canonical_weights_bytes
 
@@ -130,7 +129,7 @@ class SyntheticStore:
         path = self.blob_path(actual)
         new_blob = not path.is_file()
         if new_blob:
-            _atomic_write(path, data)
+            write_bytes_atomic(path, data)
         row = StoredOutput(
             actual, run_id, site, int(round), method, guarantee, int(samples.shape[0]), int(samples.shape[2 if pairs else 1]),
             epsilon, delta, unit, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -155,7 +154,7 @@ class SyntheticStore:
             raise IntegrityError(f"weights hash {actual[:12]}... does not match the claimed {claimed_sha256[:12]}...")
         path = self.root / "blobs" / actual[:2] / f"{actual}.weights"
         if not path.is_file():
-            _atomic_write(path, data)
+            write_bytes_atomic(path, data)
         return path
 
     def entries(self, *, site: str | None = None) -> list[StoredOutput]:
@@ -200,18 +199,3 @@ class SyntheticStore:
     @staticmethod
     def digest(samples: np.ndarray) -> str:
         return array_sha256(samples)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
