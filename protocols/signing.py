@@ -20,15 +20,14 @@ import base64
 import binascii
 import hashlib
 import logging
-import os
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from protocols.atomic_files import write_bytes_atomic
 from protocols.canonical import tagged
 from protocols.errors import BadInputError, SignatureError
 
@@ -162,27 +161,11 @@ class SigningKey:
         return f"SigningKey({self.key_id})"
 
 
-def _atomic_write(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
+def _write_key(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
     path = Path(path)
     if path.exists() and not overwrite:
         raise BadInputError(f"{path} already exists; refusing to overwrite a key (remove it first or choose another name)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp opens 0600
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_bytes_atomic(path, data, mode=mode)
 
 
 def save_private_key(key: SigningKey, path: Path, *, passphrase: bytes | None = None, overwrite: bool = False) -> None:
@@ -200,13 +183,13 @@ def save_private_key(key: SigningKey, path: Path, *, passphrase: bytes | None = 
     else:
         enc = serialization.NoEncryption()
     pem = key._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
-    _atomic_write(Path(path), pem, mode=0o600, overwrite=overwrite)
+    _write_key(Path(path), pem, mode=0o600, overwrite=overwrite)
     log.info("wrote private key %s (id %s, %s)", Path(path).name, key.key_id, "encrypted" if passphrase else "unencrypted")
 
 
 def save_public_key(key: VerifyKey, path: Path, *, overwrite: bool = True) -> None:
     """Write ``key`` as SubjectPublicKeyInfo PEM (mode 0644)."""
-    _atomic_write(Path(path), key.to_pem(), mode=0o644, overwrite=overwrite)
+    _write_key(Path(path), key.to_pem(), mode=0o644, overwrite=overwrite)
 
 
 def load_private_key(path: Path, *, passphrase: bytes | None = None) -> SigningKey:
