@@ -157,7 +157,7 @@ def write_release(
 
 
 def _write_manifest(release: KsalsaRelease, *, site_id: str) -> None:
-    from agent.phantoms.atomic_files import write_text_atomic
+    from protocols.atomic_files import write_text_atomic
 
     body = {
         "task": Task.KSALSA.value, "site_id": site_id, "method": release.method, "k": release.k,

@@ -16,7 +16,7 @@ Modules, from geometry to files:
 - :mod:`~agent.phantoms.site_plan`: what one site contains (patients, studies, photographs), in memory.
 - :mod:`~agent.phantoms.in_memory`: quick in-memory records for tests (no files).
 - :mod:`~agent.phantoms.dicom_writers`, :mod:`~agent.phantoms.nifti_writers`,
-  :mod:`~agent.phantoms.png_writers`, :mod:`~agent.phantoms.atomic_files`: file formats.
+  :mod:`~agent.phantoms.png_writers` (atomic writes via :mod:`protocols.atomic_files`): file formats.
 - :mod:`~agent.phantoms.site_writer`, :mod:`~agent.phantoms.consortium`: the ``anonfed phantoms``
   command (sites, layout, configs, overwrite rules).
 """

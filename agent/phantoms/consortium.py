@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from agent.phantoms.atomic_files import write_text_atomic
+from protocols.atomic_files import write_text_atomic
 from agent.phantoms.seeding import site_id_for
 from agent.phantoms.site_plan import planned_items
 from agent.phantoms.site_writer import SiteSummary, Timings, write_site

@@ -19,7 +19,7 @@ from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid, MRImageStorage, OphthalmicPhotography8BitImageStorage, PYDICOM_IMPLEMENTATION_UID
 
-from agent.phantoms.atomic_files import write_bytes_atomic
+from protocols.atomic_files import write_bytes_atomic
 from agent.phantoms.fundus_image import FundusRender
 from agent.phantoms.seeding import UID_PREFIX
 from agent.phantoms.tof_volume import TofStudy

@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from agent.phantoms.atomic_files import write_bytes_atomic
+from protocols.atomic_files import write_bytes_atomic
 from agent.phantoms.tof_volume import TofStudy
 
 

@@ -10,7 +10,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from agent.phantoms.atomic_files import write_bytes_atomic, write_text_atomic
+from protocols.atomic_files import write_bytes_atomic, write_text_atomic
 
 GRADES_COLUMNS = ("file", "grade", "patient")
 
