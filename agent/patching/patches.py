@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from agent.patching.head_mask import head_mask
 from agent.records import LabeledVolume
+from protocols.atomic_files import write_bytes_atomic
 from protocols.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ class PatchSet:
             arrays["vessel_centred"] = self.vessel_centred
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        _write_atomic(Path(path), buffer.getvalue())
+        write_bytes_atomic(Path(path), buffer.getvalue())
 
     @classmethod
     def load_npz(cls, path: Path) -> "PatchSet":
@@ -248,17 +247,3 @@ def _cut(stacked: np.ndarray, centres: np.ndarray, size: int, *, out: np.ndarray
     # In padded coordinates the patch of centre (y, x) starts at (y, x): the offset cancels.
     for n, (z, y, x) in enumerate(centres):
         out[n] = padded[z, :, y : y + size, x : x + size]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -10,13 +10,13 @@ import dataclasses
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from PIL import Image
+
+from protocols.atomic_files import write_bytes_atomic
 
 NO_PRIVACY = "no privacy guarantee (trained without differential privacy; epsilon = infinity)"
 
@@ -46,21 +46,6 @@ class PrivacyLabel:
             "unit": self.unit,
             "guarantee": self.describe(),
         }
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def png_grid(pairs: np.ndarray, *, columns: int = 8, max_pairs: int = 64) -> np.ndarray:
@@ -101,17 +86,17 @@ def export_pairs(
     labels = (pairs[:, 1] > 0.5).astype(np.uint8)
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images, labels=labels, epsilon=np.float64(privacy.epsilon))
-    _atomic_bytes(paths["npz"], buf.getvalue())
+    write_bytes_atomic(paths["npz"], buf.getvalue())
     # NIfTI (x, y, z): patch rows/columns in-plane, one patch per slice.
     for key, arr in (("nifti_image", images), ("nifti_label", labels)):
         img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), np.eye(4))
         img.header["descrip"] = f"anonfed synthetic {privacy.tag}".encode()[:79]
-        _atomic_bytes(paths[key], img.to_bytes() if not str(paths[key]).endswith(".gz") else _gzip(img.to_bytes()))
+        write_bytes_atomic(paths[key], img.to_bytes() if not str(paths[key]).endswith(".gz") else _gzip(img.to_bytes()))
     png = io.BytesIO()
     Image.fromarray(png_grid(pairs)).save(png, format="PNG")
-    _atomic_bytes(paths["png"], png.getvalue())
+    write_bytes_atomic(paths["png"], png.getvalue())
     doc = {"synthetic": True, "count": int(pairs.shape[0]), "privacy": privacy.as_json(), **(metadata or {})}
-    _atomic_bytes(paths["json"], json.dumps(doc, indent=1, sort_keys=True).encode())
+    write_bytes_atomic(paths["json"], json.dumps(doc, indent=1, sort_keys=True).encode())
     return paths
 
 
