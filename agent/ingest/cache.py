@@ -9,12 +9,11 @@ Entries hold only arrays (pixels, spacing): no identifiers, no paths.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from protocols.atomic_files import atomic_write
 from protocols.errors import IntegrityError
 
 
@@ -43,17 +42,8 @@ class ArrayCache:
         target = self.path_for(key)
         if target.is_file():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(target) as fh:
+            np.savez(fh, **arrays)
         return target
 
     def load(self, key: str) -> dict[str, np.ndarray]:

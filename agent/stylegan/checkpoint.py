@@ -14,9 +14,7 @@ Layout::
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 
 from agent.stylegan.config import ReleasePolicy
+from protocols.atomic_files import atomic_write
 from protocols.errors import BadInputError, EgressBlockedError
 
 if TYPE_CHECKING:
@@ -35,18 +34,8 @@ RELEASE_POLICY_KEY = "release_policy"
 
 def save_checkpoint(path: Path, payload: dict[str, Any], *, fmt: str = FORMAT) -> None:
     """Write ``payload`` tagged with ``fmt`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": fmt, **payload}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(Path(path)) as fh:
+        torch.save({"format": fmt, **payload}, fh)
 
 
 def load_checkpoint(path: Path, *, fmt: str = FORMAT) -> dict[str, Any]:
