@@ -27,6 +27,7 @@ from coordinator.rounds.transport import Failure, SiteTransport, registered_name
 from coordinator.store import SyntheticStore
 from coordinator.strategy import fedavg
 from protocols import messages as m
+from protocols.atomic_files import atomic_write
 from protocols.errors import AnonfedError, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -267,15 +268,10 @@ def _collect_outputs(
         site = sites[node]
         reply = replies.get(node, Failure(node, "no reply"))
         try:
-            if isinstance(reply, Failure):
-                raise IntegrityError(reply.reason)
-            msg = reply.message
-            if isinstance(msg, m.Refusal):
-                say(f"synthesize: {site} refused ({msg.code}): {msg.reason}")
-                refusals.append({"round": rnd, "site": site, "code": msg.code, "reason": msg.reason})
+            msg = _release_reply(reply, m.SynthesizeReply, site=site, what="synthesize", rnd=rnd,
+                                 refusals=refusals, say=say)
+            if msg is None:
                 continue
-            if not isinstance(msg, m.SynthesizeReply) or msg.site_id != site:
-                raise IntegrityError(f"expected a synthesize reply from {site}")
             samples = reply.arrays.get("samples")
             if samples is None or samples.shape[0] != msg.count:
                 raise IntegrityError("synthesize reply lacks its samples or has the wrong count")
@@ -322,15 +318,10 @@ def _collect_ksalsa(
     for node, site in sorted(sites.items()):
         reply = replies.get(node, Failure(node, "no reply"))
         try:
-            if isinstance(reply, Failure):
-                raise IntegrityError(reply.reason)
-            msg = reply.message
-            if isinstance(msg, m.Refusal):
-                say(f"k-anonymous release: {site} refused ({msg.code}): {msg.reason}")
-                refusals.append({"round": rnd, "site": site, "code": msg.code, "reason": msg.reason})
+            msg = _release_reply(reply, m.KsalsaReply, site=site, what="k-anonymous release", rnd=rnd,
+                                 refusals=refusals, say=say)
+            if msg is None:
                 continue
-            if not isinstance(msg, m.KsalsaReply) or msg.site_id != site:
-                raise IntegrityError(f"expected a k-SALSA reply from {site}")
             if msg.k < plan.ksalsa_k:
                 raise IntegrityError(f"{site} released with k = {msg.k}, below the requested {plan.ksalsa_k}")
             images = reply.arrays.get("images")
@@ -354,6 +345,37 @@ def _collect_ksalsa(
     return outputs
 
 
+def _release_reply(
+    reply: object,
+    expected: type,
+    *,
+    site: str,
+    what: str,
+    rnd: int,
+    refusals: list[dict[str, object]],
+    say: Progress,
+) -> m.WireMessage | None:
+    """The release message of ``reply`` if it is an ``expected`` reply from ``site``.
+
+    A refusal is recorded and gives None (the collection goes on with the other sites).
+
+    Raises
+    ------
+    IntegrityError
+        On a transport failure, or a reply of another kind or from another site than asked.
+    """
+    if isinstance(reply, Failure):
+        raise IntegrityError(reply.reason)
+    msg = reply.message  # type: ignore[attr-defined]
+    if isinstance(msg, m.Refusal):
+        say(f"{what}: {site} refused ({msg.code}): {msg.reason}")
+        refusals.append({"round": rnd, "site": site, "code": msg.code, "reason": msg.reason})
+        return None
+    if not isinstance(msg, expected) or msg.site_id != site:
+        raise IntegrityError(f"expected a {what} reply from {site}")
+    return msg
+
+
 def _describe(reply: object) -> str:
     if isinstance(reply, Failure):
         return reply.reason
@@ -365,4 +387,5 @@ def _describe(reply: object) -> str:
 def write_weights(path: Path, weights: Mapping[str, np.ndarray]) -> None:
     """Save the final global weights as a plain ``.npz`` (no pickles)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **weights)
+    with atomic_write(path) as fh:  # a crash never leaves a half-written model behind
+        np.savez(fh, **weights)

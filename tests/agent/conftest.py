@@ -1,4 +1,5 @@
-"""Fixtures: a site on a temporary folder and the fake engine from fakes.py (shared by path)."""
+"""Fixtures for the site-service and guard tests: a site on a temporary folder and the fake engine
+from site_service/fakes.py. Folders with their own ``site``/``make_site`` fixtures override these."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 def load_fakes():
     """Import tests/agent/site_service/fakes.py by path (tests have no packages)."""
-    path = Path(__file__).resolve().parents[2] / "agent" / "site_service" / "fakes.py"
+    path = Path(__file__).resolve().parent / "site_service" / "fakes.py"
     spec = importlib.util.spec_from_file_location("anonfed_test_fakes", path)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
