@@ -179,11 +179,23 @@ class DpSgdMechanism:
         for name in ("noise_multiplier", "sample_rate", "max_grad_norm", "delta"):
             if type(f[name]) is not float:
                 raise BadInputError(f"mechanism.{name}: expected a float, got {f[name]!r}")
-        try:
-            unit = PrivacyUnit(f["unit"])
-        except ValueError as exc:
-            raise BadInputError(f"mechanism.unit: expected one of {[u.value for u in PrivacyUnit]}, got {f['unit']!r}") from exc
-        return cls(f["noise_multiplier"], f["sample_rate"], f["steps"], f["max_grad_norm"], f["delta"], unit, f["accountant"])
+        if type(f["steps"]) is not int or type(f["unit"]) is not str or type(f["accountant"]) is not str:
+            raise BadInputError(f"mechanism: steps must be an integer, unit and accountant strings; got {f['steps']!r}, "
+                                f"{f['unit']!r}, {f['accountant']!r}")
+        # Types are exact now, so equal tuples are equal mechanisms: a site's claims repeat one
+        # mechanism round after round, and the auditor validates each distinct one once.
+        return _dp_mechanism(f["noise_multiplier"], f["sample_rate"], f["steps"], f["max_grad_norm"], f["delta"],
+                             f["unit"], f["accountant"])
+
+
+@functools.lru_cache(maxsize=4096)
+def _dp_mechanism(noise_multiplier: float, sample_rate: float, steps: int, max_grad_norm: float, delta: float,
+                  unit: str, accountant: str) -> DpSgdMechanism:
+    try:
+        privacy_unit = PrivacyUnit(unit)
+    except ValueError as exc:
+        raise BadInputError(f"mechanism.unit: expected one of {[u.value for u in PrivacyUnit]}, got {unit!r}") from exc
+    return DpSgdMechanism(noise_multiplier, sample_rate, steps, max_grad_norm, delta, privacy_unit, accountant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,17 +586,59 @@ class LedgerEntry:
         """
         line = bytes(line)
         entry = cls.from_dict(decode(line))
-        # decode() proved the line canonical, and canonical encoding is compositional: the claim
-        # (first key in sorted order) is a slice of the line, and the countersigned bytes are the
-        # line without the coordinator_sig member. Slicing instead of re-encoding halves the
-        # auditor's parsing time; the claim's strings cannot hold a quote (validated), so the
-        # boundary search is unambiguous. tests/protocols/test_ledger.py checks both equalities.
-        end = line.index(b',"coordinator_key_id":"')
+        parts = signed_parts(line)
+        if parts.site_sig != entry.signed.signature or parts.coordinator_sig != entry.coordinator_sig:
+            raise BadInputError("entry: signatures are not where the canonical layout puts them")
         entry.__dict__["line"] = line
-        entry.signed.claim.__dict__["canonical"] = line[len(b'{"claim":') : end]
-        sig_member = b',"coordinator_sig":"' + entry.coordinator_sig.encode("ascii") + b'"'
-        entry.__dict__["unsigned_bytes"] = line.replace(sig_member, b"", 1)
+        entry.signed.claim.__dict__["canonical"] = parts.claim
+        entry.__dict__["unsigned_bytes"] = parts.unsigned
         return entry
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedParts:
+    """The byte strings the two signatures of a stored line cover, and the signatures."""
+
+    claim: bytes  # what the site signed (under CLAIM_DOMAIN)
+    unsigned: bytes  # what the coordinator countersigned (under COUNTERSIGN_DOMAIN)
+    site_sig: str
+    coordinator_sig: str
+
+
+_CLAIM_OPEN = b'{"claim":'
+_AFTER_CLAIM = b',"coordinator_key_id":"'
+_COORD_SIG = b',"coordinator_sig":"'
+_SITE_SIG = b',"site_sig":"'
+
+
+def signed_parts(line: bytes) -> SignedParts:
+    """Slice the signed byte strings out of a canonical ledger line, without parsing it.
+
+    Canonical encoding is compositional and keys are sorted, so in a valid line the claim is the
+    first member's value, ``coordinator_sig`` follows ``coordinator_key_id``, and ``site_sig`` is
+    the last member; claim strings cannot hold a quote (validated), so each boundary is found
+    unambiguously. Slicing instead of re-encoding halves the auditor's parsing time and lets
+    signature workers check a line on their own. :meth:`LedgerEntry.from_line` checks the result
+    against the parsed entry, and tests/protocols/test_ledger.py against re-encoding.
+
+    Raises
+    ------
+    BadInputError
+        If the line does not have the canonical entry layout.
+    """
+    end = line.find(_AFTER_CLAIM)
+    cs = line.find(_COORD_SIG, end)
+    ss = len(line) - len(_SITE_SIG) - 90
+    if not line.startswith(_CLAIM_OPEN) or end < 0 or cs < 0 or line[ss : ss + len(_SITE_SIG)] != _SITE_SIG \
+            or not line.endswith(b'"}'):
+        raise BadInputError("entry: not the canonical ledger-line layout")
+    cs_end = cs + len(_COORD_SIG) + 89  # 88 base64 characters and the closing quote
+    return SignedParts(
+        claim=line[len(_CLAIM_OPEN) : end],
+        unsigned=line[:cs] + line[cs_end:],
+        site_sig=line[ss + len(_SITE_SIG) : -2].decode("ascii", "replace"),
+        coordinator_sig=line[cs + len(_COORD_SIG) : cs_end - 1].decode("ascii", "replace"),
+    )
 
 
 def entry_hash_of(line: bytes) -> str:

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from protocols.errors import AnonfedError, BadInputError, ChainError, IntegrityError, SignatureError
-from protocols.ledger import CLAIM_DOMAIN, COUNTERSIGN_DOMAIN, GENESIS, LedgerEntry, MechanismKind, entry_hash_of
+from protocols.ledger import GENESIS, LedgerEntry, MechanismKind, entry_hash_of
 from protocols.signing import VerifyKey
 
-from coordinator.audit.signature_batch import SignatureChecker
+from coordinator.audit.signature_batch import LineSignatureChecker
 from coordinator.ledger.claim_checks import SiteTracker
 from coordinator.ledger.head import head_path_for, read_head
 from coordinator.ledger.storage import scan
@@ -186,7 +186,7 @@ def audit(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with SignatureChecker(keys, workers=workers) as checker:
+        with LineSignatureChecker(found.lines, keys, coordinator_key=COORDINATOR_KEY_NAME, workers=workers) as checker:
             _scan_entries(found.lines, keys, coord_key, checker, tracker, store_index, findings, rows, hashes)
             failed = checker.failures()
     finally:
@@ -208,7 +208,7 @@ def _scan_entries(
     lines: Sequence[bytes],
     keys: Mapping[str, VerifyKey],
     coord_key: VerifyKey,
-    checker: SignatureChecker,
+    checker: LineSignatureChecker,
     tracker: SiteTracker,
     store_index: "_StoreIndex | None",
     findings: list[Finding],
@@ -236,18 +236,17 @@ def _scan_entries(
         if entry.prev != prev:
             add(ChainError, "previous-hash link broken: an entry before it was edited, removed, inserted or reordered", 0)
         prev = this_hash
-        if entry.coordinator_key_id != coord_key.key_id:
+        countersigned = entry.coordinator_key_id == coord_key.key_id
+        if not countersigned:
             add(SignatureError, f"countersigned with key {entry.coordinator_key_id}, not coordinator.pub ({coord_key.key_id})", 1)
-        else:
-            checker.check(i, site, COORDINATOR_KEY_NAME, COUNTERSIGN_DOMAIN, entry.unsigned_bytes,
-                          entry.coordinator_sig, "coordinator countersignature")
         site_key = keys.get(site)
         if site_key is None:
             add(SignatureError, f"no public key for site {site} in the key folder ({site}.pub)", 1)
         elif entry.claim.key_id != site_key.key_id:
             add(SignatureError, f"claim names key {entry.claim.key_id} but {site}.pub is {site_key.key_id} (signed with another key)", 1)
-        else:
-            checker.check(i, site, site, CLAIM_DOMAIN, entry.claim.canonical, entry.signed.signature, "site signature")
+            site_key = None
+        if countersigned or site_key is not None:
+            checker.expect(i, site, site_key=site if site_key is not None else None, countersigned=countersigned)
         planned = None
         try:
             planned = tracker.check(entry.claim)

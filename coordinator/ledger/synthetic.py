@@ -7,6 +7,7 @@ computed with dp-accounting's RDP (the same analysis the auditor runs), labelled
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Mapping
@@ -53,7 +54,7 @@ def synthetic_claims(
             q = (sample_rates or {}).get(site, sample_rate)
             history = rec.extend(history, sample_rate=q, noise_multiplier=noise_multiplier, steps=steps)
             new_cum = rec.rdp_epsilon(history, delta)
-            digest = f"{(rnd * 7919 + seq) % (2**64):016x}" * 4
+            digest = hashlib.sha256(f"{site}/{rnd}".encode()).hexdigest()  # realistic hex, like a real artifact
             claim = make_claim(
                 run_id=run_id, round=rnd, site=site, site_seq=seq, site_prev=prev, key_id=key.key_id,
                 task=Task.DPGAN, dataset=dataset,
