@@ -109,9 +109,20 @@ class WireMessage:
 
 
 # -- coordinator -> site ---------------------------------------------------------------------------
+#: Tasks a federated training round may ask for: DP only (stylegan-local weights never leave a site).
+FEDERATED_TRAINING_TASKS: frozenset[Task] = frozenset({Task.DPGAN, Task.STYLEGAN_DP})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainInstruction(WireMessage):
-    """Ask a site to run one local DP-GAN round from the weights carried alongside."""
+    """Ask a site to run one local DP round from the weights carried alongside (none: start from ``seed``).
+
+    ``task`` decides the model: ``dpgan`` (image+label patches; ``architecture`` is a DP-GAN
+    architecture, ``patch_size`` the patch edge, ``patches_per_volume`` patches drawn per volume) or
+    ``stylegan-dp`` (StyleGAN2 on fundus photographs, discriminator under DP-SGD; ``architecture``
+    names a StyleGAN configuration, ``patch_size`` is its resolution and ``patches_per_volume`` caps
+    the images of one patient used per step).
+    """
 
     KIND: ClassVar[str] = "train-instruction"
     run_id: str
@@ -138,11 +149,15 @@ class TrainInstruction(WireMessage):
                 f"{self.KIND}: local_steps ({self.local_steps}) must not exceed total_planned_steps "
                 f"({self.total_planned_steps})"
             )
-        if self.task is not Task.DPGAN:
+        if self.task not in FEDERATED_TRAINING_TASKS:
             # Federated rounds are DP only: a non-DP model would make every later release epsilon = infinity.
-            raise MessageSchemaError(f"{self.KIND}: federated training supports task dpgan only, got {self.task.value}")
+            allowed = ", ".join(sorted(t.value for t in FEDERATED_TRAINING_TASKS))
+            raise MessageSchemaError(
+                f"{self.KIND}: federated training supports tasks {allowed}, got {self.task.value}; models trained "
+                "without DP (stylegan-local) stay at the site and are trained there (`anonfed stylegan train`)"
+            )
         if self.target_epsilon is None or not self.target_epsilon > 0:
-            raise MessageSchemaError(f"{self.KIND}: a dpgan round needs target_epsilon > 0")
+            raise MessageSchemaError(f"{self.KIND}: a {self.task.value} round needs target_epsilon > 0")
         if not 0 < self.delta < 1:
             raise MessageSchemaError(f"{self.KIND}: delta must be in (0, 1), got {self.delta}")
 
@@ -202,7 +217,10 @@ class StatusQuery(WireMessage):
 # -- site -> coordinator ---------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class TrainReply(WireMessage):
-    """A finished local round: DP weights (in the array record) and the privacy spent."""
+    """A finished local round: DP weights (in the array record) and the privacy spent.
+
+    ``task`` repeats the instruction's; for a federated (DP) task the mechanism fields are required.
+    """
 
     KIND: ClassVar[str] = "train-reply"
     run_id: str
@@ -227,10 +245,12 @@ class TrainReply(WireMessage):
         _site_id(self)
         _sha(self, "weights_sha256")
         _positive(self, "num_patients")
-        if self.task is Task.DPGAN:
+        if self.task in FEDERATED_TRAINING_TASKS:
             for name in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant"):
                 if getattr(self, name) is None:
-                    raise MessageSchemaError(f"{self.KIND}: a dpgan reply must state the mechanism field {name!r}")
+                    raise MessageSchemaError(
+                        f"{self.KIND}: a {self.task.value} reply must state the mechanism field {name!r}"
+                    )
         if self.epsilon_next is not None and self.epsilon_next < self.epsilon_cumulative:
             raise MessageSchemaError(f"{self.KIND}: epsilon_next must be >= epsilon_cumulative")
         if self.epsilon_round < 0 or self.epsilon_cumulative < self.epsilon_round:
@@ -397,7 +417,7 @@ def to_recorddict(envelope: Envelope) -> Any:
     if envelope.arrays:
         rec = ArrayRecord()
         for name, arr in envelope.arrays.items():
-            rec[name] = Array(np.ascontiguousarray(arr))
+            rec[name] = Array(np.require(arr, requirements="C"))  # ascontiguousarray would make 0-d arrays 1-d
         records[ARRAYS_RECORD] = rec
     if envelope.metrics or isinstance(msg, TrainReply):
         metrics = dict(envelope.metrics)

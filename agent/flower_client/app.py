@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from agent.config import SiteConfig, load_site_config
 from protocols import messages as m
 from protocols.errors import ConfigError, MessageSchemaError
+from protocols.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def status(msg: Message, context: Context) -> Message:
 def _serve(msg: Message, context: Context, expected: type[m.WireMessage]) -> Message:
     from agent.site_service import handle_ksalsa, handle_status, handle_synthesize, handle_train, refusal
     from agent.site_service.claims import ledger_signer
-    from agent.site_service.dpgan_engine import DpGanEngine
+    from agent.site_service.engine import engine_for_task
 
     _limit_threads()
     site = site_config_for(context)
@@ -57,7 +58,7 @@ def _serve(msg: Message, context: Context, expected: type[m.WireMessage]) -> Mes
         placeholder = m.StatusQuery(run_id="unknown", dataset_id="unknown")
         reply = refusal(site, placeholder, 0, exc)
     else:
-        engine = DpGanEngine()
+        engine = engine_for_task(getattr(request.message, "task", Task.DPGAN))  # stylegan-dp or DP-GAN
         if expected is m.TrainInstruction:
             reply = handle_train(site, request, engine=engine, sign_claim=ledger_signer)
         elif expected is m.SynthesizeQuery:

@@ -54,7 +54,7 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
         epsilon = max(0.0, cumulative - previous)
         artifact = Artifact(f"weights-r{fields['round']}", ArtifactKind.WEIGHTS, str(fields["weights_sha256"]),
                             int(fields["size"]))  # type: ignore[arg-type]
-        task = Task.DPGAN
+        task = Task(fields["task"])  # dpgan or stylegan-dp: both DP-SGD, both in the site's accountant
     else:
         mechanism = PlainMechanism(MechanismKind.POST_PROCESSING)
         cumulative, epsilon = previous, 0.0

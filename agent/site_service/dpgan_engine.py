@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from agent.config import SiteConfig
-from agent.site_service.engine import LocalData, RoundOutcome
+from agent.site_service.engine import LocalData, RoundOutcome, epsilon_after_next_round
 from agent.site_service.policy import RoundTerms
 from protocols.errors import BadInputError
 from protocols.messages import TrainInstruction
@@ -75,21 +75,8 @@ class DpGanEngine:
         return RoundOutcome(
             weights=result.weights, num_patients=result.num_patients, metrics=result.metrics,
             mechanism=result.mechanism, epsilon_round=result.epsilon_round, epsilon_cumulative=result.epsilon_cumulative,
-            epsilon_next=self._epsilon_next(site, instruction.dataset_id, result.mechanism),
+            epsilon_next=epsilon_after_next_round(site, instruction.dataset_id, result.mechanism),
         )
-
-    @staticmethod
-    def _epsilon_next(site: SiteConfig, dataset_id: str, mechanism: Mapping[str, object] | None) -> float | None:
-        """What the site's accountant would say after one more round with the same mechanism."""
-        if not mechanism:
-            return None
-        from agent.training.local_round import open_accountant
-
-        return float(open_accountant(site, dataset_id).epsilon_if(
-            noise_multiplier=float(mechanism["noise_multiplier"]),  # type: ignore[arg-type]
-            sample_rate=float(mechanism["sample_rate"]),  # type: ignore[arg-type]
-            steps=int(mechanism["steps"]),  # type: ignore[arg-type]
-        ))
 
     def reference_weights(self, *, architecture: str, patch_size: int) -> dict[str, np.ndarray]:
         from agent.models import initial_weights

@@ -1,9 +1,10 @@
 """The seam between the request handlers and the site's training code.
 
-Handlers talk to a :class:`TrainingEngine`; the real one (:mod:`agent.site_service.dpgan_engine`)
-loads the site's data through ingest and patching, trains with the DP-GAN engine and reads the
-site's durable accountant. Tests substitute their own engine to exercise policy, refusal and guard
-logic without training a GAN.
+Handlers talk to a :class:`TrainingEngine`; the real ones load the site's data through ingest,
+train, and read the site's durable accountant: :mod:`agent.site_service.dpgan_engine` (``dpgan``:
+TOF patches) and :mod:`agent.site_service.stylegan_engine` (``stylegan-dp``: fundus photographs);
+:func:`engine_for_task` picks one. Tests substitute their own engine to exercise policy, refusal
+and guard logic without training a GAN.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from agent.config import SiteConfig
 from agent.site_service.policy import RoundTerms
 from protocols.messages import TrainInstruction
+from protocols.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,3 +68,30 @@ class TrainingEngine(Protocol):
 
     def sample(self, weights: Mapping[str, np.ndarray], *, architecture: str, patch_size: int, n: int, seed: int) -> np.ndarray:
         """``n`` synthetic pairs (n, 2, S, S) float32, label in {0, 1}."""
+
+
+def engine_for_task(task: Task) -> TrainingEngine:
+    """The real engine for ``task``: StyleGAN for ``stylegan-dp``, the DP-GAN engine otherwise.
+
+    Status and synthesize requests use the DP-GAN engine; both read the same per-dataset accountant.
+    """
+    if task is Task.STYLEGAN_DP:
+        from agent.site_service.stylegan_engine import StyleGanEngine
+
+        return StyleGanEngine()
+    from agent.site_service.dpgan_engine import DpGanEngine
+
+    return DpGanEngine()
+
+
+def epsilon_after_next_round(site: SiteConfig, dataset_id: str, mechanism: Mapping[str, Any] | None) -> float | None:
+    """What the site's accountant would say after one more round with the same mechanism (for scheduling)."""
+    if not mechanism:
+        return None
+    from agent.training.local_round import open_accountant
+
+    return float(open_accountant(site, dataset_id).epsilon_if(
+        noise_multiplier=float(mechanism["noise_multiplier"]),
+        sample_rate=float(mechanism["sample_rate"]),
+        steps=int(mechanism["steps"]),
+    ))

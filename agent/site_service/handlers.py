@@ -15,6 +15,7 @@ import numpy as np
 
 from agent.config import SiteConfig
 from agent.guard import EgressPolicy, check_outgoing, find_identifying_text, real_fingerprints
+from agent.guard.egress import SITE_ONLY_TASKS
 from agent.site_service import policy as site_policy
 from agent.site_service.claims import PendingClaim
 from agent.site_service.engine import TrainingEngine
@@ -68,15 +69,21 @@ def handle_status(site: SiteConfig, request: m.Envelope, *, engine: TrainingEngi
 def handle_train(
     site: SiteConfig, request: m.Envelope, *, engine: TrainingEngine, sign_claim: ClaimSigner | None = None
 ) -> m.Envelope:
-    """Run one local DP round under the site's policy and return the guarded weights.
+    """Run one local DP round (``dpgan`` or ``stylegan-dp``) under the site's policy; return the guarded weights.
 
     The privacy spend is recorded by the engine (fsync'd) before anything is returned, so a crash
-    between training and reply can only over-count.
+    between training and reply can only over-count. A request for a site-only task (``stylegan-local``)
+    is refused before any data are read: those weights may never leave, whatever the plan.
     """
     ins = request.message
     assert isinstance(ins, m.TrainInstruction)
     state = SiteState(site)
     try:
+        if ins.task in SITE_ONLY_TASKS:
+            raise errors.EgressBlockedError(
+                f"task {ins.task.value} trains a site-only model (no DP) whose weights never leave the site; "
+                "train it at the site (`anonfed stylegan train`) or ask for stylegan-dp"
+            )
         spent = engine.epsilon_spent(site, dataset_id=ins.dataset_id)
         terms = site_policy.decide_train_terms(site, ins, epsilon_spent=spent)
         data = engine.load_data(
@@ -95,9 +102,11 @@ def handle_train(
                 delta=terms.delta, unit=terms.unit.value, num_patients=outcome.num_patients,
             ),
             out_weights,
+            slot=SiteState.model_slot(ins.task),
         )
         fingerprints = real_fingerprints(data.real_images)
-        state.save_fingerprints(fingerprints)
+        if ins.task is Task.DPGAN:  # the synthesize copy check compares DP-GAN samples with these patches
+            state.save_fingerprints(fingerprints)
         fields = dict(
             run_id=ins.run_id, round=ins.round, site_id=site.site_id, task=ins.task, num_patients=outcome.num_patients,
             weights_sha256=digest, epsilon_round=float(outcome.epsilon_round),

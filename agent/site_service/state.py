@@ -1,7 +1,7 @@
 """What a site remembers between messages (each Flower message runs in a fresh process).
 
-Under ``<state_dir>/federation/``: the last locally trained (DP) model and its provenance, the
-fingerprints of the real patches it was trained on (for the egress guard's copy check), the
+Under ``<state_dir>/federation/``: the last locally trained (DP) model of each task and its
+provenance, the fingerprints of the real DP-GAN patches (for the egress guard's copy check), the
 guard's blocked-message log, and a copy of every synthetic release. Nothing here leaves the site
 except through a reply that passed the guard. Every write is atomic (temp file, fsync, replace).
 """
@@ -20,6 +20,9 @@ from agent.config import SiteConfig
 from protocols.atomic_files import write_bytes_atomic
 from protocols.errors import BadInputError, IntegrityError
 from protocols.messages import canonical_array_bytes, weights_sha256
+from protocols.tasks import Task
+
+DEFAULT_MODEL_SLOT = "last_model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,15 +55,21 @@ class SiteState:
     def releases(self) -> Path:
         return self.root / "released"
 
-    def save_model(self, record: ModelRecord, weights: dict[str, np.ndarray]) -> None:
+    @staticmethod
+    def model_slot(task: Task) -> str:
+        """File stem of the last released model of ``task``: DP-GAN keeps ``last_model`` (what
+        synthesize queries sample); other tasks keep theirs apart so they never replace it."""
+        return DEFAULT_MODEL_SLOT if task is Task.DPGAN else f"last_model-{task.value}"
+
+    def save_model(self, record: ModelRecord, weights: dict[str, np.ndarray], *, slot: str = DEFAULT_MODEL_SLOT) -> None:
         """Store the released weights and their provenance (weights first, then the record)."""
         buf = io.BytesIO()
         np.savez(buf, **weights)
-        write_bytes_atomic(self.root / "last_model.npz", buf.getvalue())
-        write_bytes_atomic(self.root / "last_model.json", json.dumps(dataclasses.asdict(record), sort_keys=True).encode())
+        write_bytes_atomic(self.root / f"{slot}.npz", buf.getvalue())
+        write_bytes_atomic(self.root / f"{slot}.json", json.dumps(dataclasses.asdict(record), sort_keys=True).encode())
 
-    def load_model(self) -> tuple[ModelRecord, dict[str, np.ndarray]]:
-        """The last released model.
+    def load_model(self, *, slot: str = DEFAULT_MODEL_SLOT) -> tuple[ModelRecord, dict[str, np.ndarray]]:
+        """The last released model (of the task whose :meth:`model_slot` is ``slot``).
 
         Raises
         ------
@@ -69,11 +78,11 @@ class SiteState:
         IntegrityError
             If the stored weights do not match their recorded digest.
         """
-        meta = self.root / "last_model.json"
+        meta = self.root / f"{slot}.json"
         if not meta.is_file():
             raise BadInputError("this site has no trained model yet; run a training round before asking for samples")
         record = ModelRecord(**json.loads(meta.read_text(encoding="utf-8")))
-        with np.load(self.root / "last_model.npz", allow_pickle=False) as data:
+        with np.load(self.root / f"{slot}.npz", allow_pickle=False) as data:
             weights = {k: data[k] for k in data.files}
         if weights_sha256(weights) != record.weights_sha256:
             raise IntegrityError("the stored model does not match its recorded digest; retrain before sampling")

@@ -25,7 +25,7 @@ import torch
 from agent.config import SiteConfig
 from agent.dp.accounting import epsilon_of
 from agent.dp.calibration_cache import cached_noise_multiplier, calibration_cache_path
-from agent.stylegan.config import StyleGANConfig, TrainingConfig, TrainingMode
+from agent.stylegan.config import PRESETS, StyleGANConfig, TrainingConfig, TrainingMode
 from agent.stylegan.dp_step import DPSettings
 from agent.stylegan.train import Progress, StyleGANTrainer
 from agent.training.local_round import ACCOUNTANT_KIND, RoundResult, open_accountant
@@ -33,6 +33,40 @@ from protocols.errors import BadInputError, BudgetExceededError, PolicyError, Ta
 from protocols.tasks import PrivacyUnit, Task
 
 log = logging.getLogger(__name__)
+
+
+#: StyleGAN configurations a federated round may name (``TrainInstruction.architecture``): the presets
+#: of :mod:`agent.stylegan.config` with minibatch stddev off (it mixes patients, which per-patient
+#: DP-SGD forbids), and ``tiny16`` (a few thousand parameters) for tests and quick checks on one core.
+FEDERATED_ARCHITECTURES: dict[str, StyleGANConfig] = {
+    "tiny16": StyleGANConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16,
+                             mbstd_group_size=0),
+    **{name: dataclasses.replace(cfg, mbstd_group_size=0) for name, cfg in PRESETS.items()},
+}
+
+
+def federated_architecture(name: str, *, resolution: int) -> StyleGANConfig:
+    """The StyleGAN configuration a federated-dp round names, checked against the planned resolution.
+
+    Raises
+    ------
+    BadInputError
+        If the name is not a federated StyleGAN configuration or its resolution differs.
+    """
+    arch = FEDERATED_ARCHITECTURES.get(name)
+    if arch is None:
+        raise BadInputError(f"architecture {name!r} is not a StyleGAN configuration for stylegan-dp rounds; "
+                            f"choose one of {sorted(FEDERATED_ARCHITECTURES)}")
+    if arch.resolution != resolution:
+        raise BadInputError(f"StyleGAN configuration {name!r} generates {arch.resolution} px images, the round "
+                            f"plan says {resolution} px; set patch-size to {arch.resolution}")
+    return arch
+
+
+def release_arrays_spec(arch: StyleGANConfig) -> dict[str, np.ndarray]:
+    """Arrays with exactly the names, shapes and dtypes a federated-dp round releases (a fresh init)."""
+    dp = DPSettings(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=1.0)  # not used: no step is taken
+    return StyleGANTrainer(arch, TrainingConfig(), mode=TrainingMode.FEDERATED_DP, seed=0, dp=dp).to_arrays()
 
 
 @dataclasses.dataclass(frozen=True)
