@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 # Add one line per area rather than growing this file.
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("coordinator.audit.cli", "coordinator.deployment.cli")
+_SUBCOMMAND_MODULES: tuple[str, ...] = ("coordinator.audit.cli", "coordinator.deployment.cli", "coordinator.rounds.cli")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,10 +1,14 @@
-"""The federated DP-GAN run: identify sites, train rounds under per-site budgets, collect outputs.
+"""The federated run (DP-GAN or stylegan-dp): identify sites, train rounds under per-site budgets,
+collect outputs.
 
 1. ``status`` to every node: which site is behind which node, its policy and spent budget.
 2. Each round: every site the budget allows gets the global weights; replies are attributed by the
    node that sent them; a refusal for budget stops scheduling that site; the others' weights are
-   averaged (FedAvg weighted by patients). When no site can train, the run ends cleanly.
-3. ``synthesize`` to every site that trained: outputs are verified and stored content-addressed.
+   averaged (FedAvg weighted by patients). When no site can train, the run ends cleanly. A run may
+   start without global weights (stylegan-dp: the coordinator cannot build a StyleGAN): every site
+   then initialises from the round's seed and the first reply accepted fixes the names and shapes.
+3. ``synthesize`` to every site that trained a DP-GAN: outputs are verified and stored
+   content-addressed. A stylegan-dp run releases its aggregated generator instead.
 
 Each site's epsilon is taken from its own reply and kept per site (never averaged). The time the
 coordinator spends on its own work (checks, aggregation, storage, ledger) is measured apart from
@@ -29,6 +33,7 @@ from coordinator.strategy import fedavg
 from protocols import messages as m
 from protocols.atomic_files import atomic_write
 from protocols.errors import AnonfedError, IntegrityError
+from protocols.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +139,9 @@ def run_federation(
         for node in chosen:
             site = sites[node]
             reply = replies.get(node, Failure(node, "no reply"))
-            update = _accept_train_reply(reply, node, site, rnd, weights, budget, on_claim, refusals, say)
+            reference = weights or (updates[0][0] if updates else None)  # no global model yet: the first reply's
+            update = _accept_train_reply(reply, node, site, rnd, instruction, reference, budget, on_claim, refusals,
+                                         say)
             if update is not None:
                 updates.append(update)
                 accepted.append(reply)
@@ -198,13 +205,15 @@ def _accept_train_reply(
     node: int,
     site: str,
     rnd: int,
-    weights: Mapping[str, np.ndarray],
+    instruction: m.TrainInstruction,
+    weights: Mapping[str, np.ndarray] | None,
     budget: ConsortiumBudget,
     on_claim: ClaimSink | None,
     refusals: list[dict[str, object]],
     say: Progress,
 ) -> tuple[dict[str, np.ndarray], int] | None:
-    """Check one train reply; returns (weights, patients) to aggregate, or None."""
+    """Check one train reply against ``instruction`` and the global ``weights`` (None: no model yet);
+    returns (weights, patients) to aggregate, or None."""
     if isinstance(reply, Failure):
         say(f"round {rnd}: {site} failed: {reply.reason}")
         refusals.append({"round": rnd, "site": site, "code": "transport", "reason": reply.reason})
@@ -223,7 +232,13 @@ def _accept_train_reply(
             raise IntegrityError(
                 f"reply from node {node} says site {msg.site_id} round {msg.round}; expected {site} round {rnd}"
             )
-        if set(reply.arrays) != set(weights) or any(reply.arrays[k].shape != weights[k].shape for k in weights):
+        if msg.task is not instruction.task:
+            raise IntegrityError(f"reply from {site} is for task {msg.task.value}; the round asked for "
+                                 f"{instruction.task.value}")
+        if not reply.arrays:
+            raise IntegrityError("the train reply carries no weights")
+        if weights is not None and (set(reply.arrays) != set(weights)
+                                    or any(reply.arrays[k].shape != weights[k].shape for k in weights)):
             raise IntegrityError("returned weights do not match the global model's names and shapes")
         if m.weights_sha256(reply.arrays) != msg.weights_sha256:
             raise IntegrityError("returned weights do not match their stated sha256")
@@ -252,6 +267,10 @@ def _collect_outputs(
     say: Progress,
 ) -> list[dict[str, object]]:
     if store is None or plan.synth_count == 0 or not trained_nodes:
+        return []
+    if plan.task is not Task.DPGAN:
+        say(f"{plan.task.value}: no synthesize query (it releases DP-GAN pairs); the aggregated generator is the "
+            "release and can be sampled without the sites")
         return []
     rnd = plan.rounds + 1
     nodes = sorted(trained_nodes)

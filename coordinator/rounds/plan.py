@@ -1,4 +1,5 @@
-"""The coordinator's plan for a federated DP-GAN run, parsed from Flower's run config."""
+"""The coordinator's plan for a federated run (DP-GAN or StyleGAN2 with a DP discriminator), parsed
+from Flower's run config."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import datetime as dt
 from typing import Any, Mapping
 
 from protocols.errors import ConfigError
-from protocols.messages import KsalsaQuery, SynthesizeQuery, TrainInstruction
+from protocols.messages import FEDERATED_TRAINING_TASKS, KsalsaQuery, SynthesizeQuery, TrainInstruction
 from protocols.tasks import PrivacyUnit, Task
 
 MAX_ROUNDS = 1000
@@ -18,6 +19,9 @@ class FederationPlan:
     """Everything that decides a run; every field has a run-config key (``-`` for ``_``)."""
 
     rounds: int = 3
+    # dpgan: TOF image+label patches; stylegan-dp: fundus StyleGAN2 (architecture = its configuration,
+    # patch_size = its resolution, dataset_id = "fundus"). Both under DP-SGD in each site's accountant.
+    task: Task = Task.DPGAN
     architecture: str = "wgan-gp"
     patch_size: int = 32
     patches_per_volume: int = 16
@@ -45,6 +49,10 @@ class FederationPlan:
             raise ConfigError(f"num-rounds: expected 1..{MAX_ROUNDS}, got {self.rounds}")
         if self.local_steps < 1 or self.synth_count < 0:
             raise ConfigError("local-steps must be >= 1 and synth-count >= 0")
+        if self.task not in FEDERATED_TRAINING_TASKS:
+            allowed = ", ".join(sorted(t.value for t in FEDERATED_TRAINING_TASKS))
+            raise ConfigError(f"task: federated rounds run one of {allowed}, got {self.task.value!r}; models trained "
+                              "without DP (stylegan-local) never leave their site and are trained there")
         if not self.run_id:
             object.__setattr__(self, "run_id", "run-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
 
@@ -54,7 +62,7 @@ class FederationPlan:
 
     def train_instruction(self, round_: int) -> TrainInstruction:
         return TrainInstruction(
-            run_id=self.run_id, round=round_, task=Task.DPGAN, dataset_id=self.dataset_id,
+            run_id=self.run_id, round=round_, task=self.task, dataset_id=self.dataset_id,
             architecture=self.architecture, patch_size=self.patch_size, patches_per_volume=self.patches_per_volume,
             local_steps=self.local_steps, total_planned_steps=self.total_planned_steps,
             target_epsilon=self.target_epsilon, delta=self.delta, unit=self.unit,
@@ -92,8 +100,8 @@ class FederationPlan:
                 raise ConfigError(f"run config key {key!r} is unknown; known: {sorted(_keys())}")
             default = fields[name].default
             try:
-                if isinstance(default, PrivacyUnit):
-                    value = PrivacyUnit(value)
+                if isinstance(default, (PrivacyUnit, Task)):
+                    value = type(default)(value)
                 elif isinstance(default, bool) or not isinstance(default, (int, float, str)):
                     pass
                 elif isinstance(default, float):

@@ -8,7 +8,8 @@ Files under the output folder::
     budget.json         per-site consortium budget and reported spend
     store/              synthetic outputs (content-addressed) and their SQLite index
     ledger/ledger.jsonl the privacy ledger (if a keys folder with coordinator.key is given)
-    global_weights.npz  final aggregated generator + critic weights
+    global_weights.npz  final aggregated weights (DP-GAN generator + critic, or StyleGAN generator,
+                        EMA generator + discriminator)
     summary.json        per-site epsilon, outputs, refusals, timings
 """
 
@@ -30,6 +31,7 @@ from coordinator.store import SyntheticStore
 from protocols import messages as m
 from protocols.atomic_files import write_text_atomic
 from protocols.errors import IntegrityError
+from protocols.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,16 @@ def run_session(transport: SiteTransport, plan: FederationPlan, paths: SessionPa
 
     paths.out.mkdir(parents=True, exist_ok=True)
     say = _progress_writer(paths.progress)
-    say(f"run {plan.run_id}: {plan.rounds} round(s) of {plan.architecture} at {plan.patch_size} px, "
+    say(f"run {plan.run_id}: {plan.rounds} round(s) of {plan.task.value} {plan.architecture} at {plan.patch_size} px, "
         f"{plan.local_steps} local step(s), target epsilon {plan.target_epsilon:g}, consortium budget "
         f"{plan.consortium_budget:g} per site")
     budget = ConsortiumBudget(plan.consortium_budget, path=paths.out / "budget.json")
-    init = initial_weights(plan.architecture, plan.patch_size, plan.seed)
+    if plan.task is Task.DPGAN:
+        init = initial_weights(plan.architecture, plan.patch_size, plan.seed)
+    else:  # StyleGAN code lives with the site's data code: the sites initialise from the round's seed
+        say(f"{plan.task.value}: the sites initialise the model from the round seed; the first average is the "
+            "global model")
+        init = {}
     with SyntheticStore(paths.store) as store, _ledger_sink(paths, say) as on_claim:
         result = run_federation(transport, plan, budget=budget, store=store, initial_weights=init,
                                 on_claim=on_claim, progress=say)
@@ -125,6 +132,7 @@ def check_claim_matches_reply(claim: object, site: str, reply: m.WireMessage) ->
               or getattr(reply, "images_sha256", None))
     checks = [
         ("site", c.site, site),  # type: ignore[attr-defined]
+        ("task", c.task, getattr(reply, "task", c.task)),  # type: ignore[attr-defined]
         ("run_id", c.run_id, reply.run_id),  # type: ignore[attr-defined]
         ("round", c.round, reply.round),  # type: ignore[attr-defined]
         ("artifact sha256", sorted(a.sha256 for a in c.artifacts), [digest]),  # type: ignore[attr-defined]
