@@ -393,9 +393,10 @@ def merge(paths: list[Path], out: Path, tag: str, *, real_from: Path | None = No
         seen = {"real"}
     for d in docs:
         for r in d["results"]:
-            if r["name"] not in seen:
-                seen.add(r["name"])
-                results.append(r)
+            if r["name"] == "real" and "real" in seen:
+                continue  # one upper bound per report
+            seen.add(r["name"])
+            results.append({**r, "part": d["config"].get("tag", "")})
     real = [r for r in results if r["name"] == "real"]
     results = real + [r for r in results if r["name"] != "real"]
     real_dsc = results[0]["dsc"]["mean"]
@@ -440,8 +441,8 @@ def markdown(doc: dict) -> str:
         + (f"; load average (1/5/15 min) {doc['load_average_1_5_15_start']} at start, {doc['load_average_1_5_15_end']} at end."
            if "load_average_1_5_15_start" in doc else "."),
         "",
-        "| training data | epsilon | unit | noise mult. | q | critic steps / width | DSC mean +- SD | DSC / real | HD95 mm mean +- SD | FID | KID | GAN s (CPU s) | U-Net s (CPU s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| part | training data | epsilon | unit | noise mult. | q | critic steps / width | DSC mean +- SD | DSC / real | HD95 mm mean +- SD | FID | KID | GAN s (CPU s) | U-Net s (CPU s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
         eps = r.get("epsilon_target")
@@ -450,7 +451,7 @@ def markdown(doc: dict) -> str:
         fmt = lambda s: "n/a" if s["mean"] is None else f"{s['mean']:.3f} +- {s['sd'] or 0:.3f}"
         hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
         lines.append(
-            f"| {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
+            f"| {r.get('part', c.get('tag', ''))} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
             f"{str(r.get('gan_steps', '-')) + ' / ' + str(r.get('gan_width', '-')) if r['name'] != 'real' else '-'} | "
             f"{fmt(d)} | {num(r['dsc_ratio_to_real'], '.3f')} | {hd_s} | "
