@@ -434,7 +434,9 @@ def markdown(doc: dict) -> str:
         "# DP-GAN utility benchmark (phantom TOF-MRA, patient-level split)",
         "",
         f"Command: `{doc['command']}`  ",
-        f"{c['patients']} phantom patients ({c['test_patients']} test, {c['val_patients']} validation), volumes "
+        ("Merged parts; settings of the first part (each row's critic steps, width and q are in the table): "
+         if "real_rows_per_part" in doc else "")
+        + f"{c['patients']} phantom patients ({c['test_patients']} test, {c['val_patients']} validation), volumes "
         f"{c['volume_size']}^3, {c['patch']}x{c['patch']} patches, {c['architecture']} with {c['gan_steps']} critic steps "
         f"(width {c['gan_width']}), U-Net {c['unet_steps']} steps on {c['synthetic_n']} synthetic pairs; FID/KID on "
         f"{c['fid_n']} images per side ({doc['fid_network']}). Total {doc['seconds_total']} s on {doc['threads']} thread(s)"
