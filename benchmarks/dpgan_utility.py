@@ -29,6 +29,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -223,16 +224,23 @@ class GanRun:
     unit: str | None
 
 
-def train_gan(run: GanRun, train, args) -> tuple[np.ndarray, dict]:
+def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
+    """Train one GAN for ``args.gan_steps`` critic steps; yield (pairs, info) at every ``--snapshots`` step and at the end.
+
+    A snapshot is the same training run sampled early (not a separate run); its row records the
+    critic steps taken so far, the CPU seconds spent training so far and, under DP, the epsilon
+    spent so far (the noise was calibrated for the full length, so a snapshot spends less).
+    """
     spec = GanSpec(args.architecture, args.patch, width=args.gan_width)
     batch = args.batch_patients * args.patches_per_patient
     dp_run = not math.isinf(run.epsilon)
     critic_lr = args.dp_critic_lr if dp_run and args.dp_critic_lr else args.gan_lr
     hp = Hyperparameters(n_critic=args.n_critic, critic_lr=critic_lr, generator_lr=args.gan_lr, beta1=args.gan_beta1,
-                         beta2=0.9, patches_per_patient=args.patches_per_patient, batch_size=batch)
+                         beta2=0.9, patches_per_patient=args.patches_per_patient, batch_size=batch,
+                         generator_label_bias=args.label_bias)
     info: dict = {"epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
                   "critic_lr": critic_lr, "critic_params": None, "gan_steps": args.gan_steps, "gan_width": args.gan_width,
-                  "n_critic": args.n_critic, "max_grad_norm": args.max_grad_norm}
+                  "n_critic": args.n_critic, "max_grad_norm": args.max_grad_norm, "label_bias": args.label_bias}
     dp = None
     if not math.isinf(run.epsilon):
         unit = PrivacyUnit(run.unit)
@@ -250,18 +258,31 @@ def train_gan(run: GanRun, train, args) -> tuple[np.ndarray, dict]:
         info["privacy"] = "no privacy guarantee (epsilon = infinity)"
     trainer = GanTrainer(spec, train.images, train.patient_index, hp=hp, dp=dp, seed=args.seed)
     info["critic_params"] = sum(p.numel() for p in trainer.critic.parameters())
-    t0, c0 = time.perf_counter(), time.process_time()
-    g_losses = []
-    for _ in range(args.gan_steps):
-        out = trainer.train_iteration()
-        if "generator_loss" in out:
-            g_losses.append(out["generator_loss"])
-    info["gan_seconds"] = round(time.perf_counter() - t0, 1)  # wall clock (includes any SIGSTOP pauses)
-    info["gan_cpu_seconds"] = round(time.process_time() - c0, 1)
-    info["generator_loss_last"] = float(np.mean(g_losses[-10:])) if g_losses else None
-    pairs = sample_from_generator(trainer.generator, n=args.synthetic_n, seed=args.seed + 7)
-    info["synthetic_label_fraction"] = float(pairs[:, 1].mean())
-    return pairs, info
+    stops = sorted({s for s in args.snapshots if 0 < s < args.gan_steps} | {args.gan_steps})
+    wall = cpu = 0.0  # training time only (the caller trains U-Nets between snapshots)
+    g_losses: list[float] = []
+    done = 0
+    for stop in stops:
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(stop - done):
+            out = trainer.train_iteration()
+            if "generator_loss" in out:
+                g_losses.append(out["generator_loss"])
+        done = stop
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        row = dict(info)
+        if stop < args.gan_steps:
+            row.update(gan_steps=stop, snapshot_of_steps=args.gan_steps)
+            if dp is not None:
+                row["epsilon_spent"] = epsilon_of([(dp.noise_multiplier, dp.sample_rate, stop)], delta=args.delta,
+                                                  kind=AccountantKind.PRV)
+        row["gan_seconds"] = round(wall, 1)  # wall clock (includes any SIGSTOP pauses)
+        row["gan_cpu_seconds"] = round(cpu, 1)
+        row["generator_loss_last"] = float(np.mean(g_losses[-10:])) if g_losses else None
+        pairs = sample_from_generator(trainer.generator, n=args.synthetic_n, seed=args.seed + 7)
+        row["synthetic_label_fraction"] = float(pairs[:, 1].mean())
+        yield pairs, row
 
 
 def summarise(values: list[float]) -> dict:
@@ -308,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-real", action="store_true", help="skip the real-patch U-Net (merge with a run that has it)")
     ap.add_argument("--unet-evals", type=int, default=2, help="validation checkpoints per U-Net")
     ap.add_argument("--unet-batch", type=int, default=32)
+    ap.add_argument("--snapshots", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="comma-separated critic steps (< --gan-steps) at which each GAN is also sampled and scored")
+    ap.add_argument("--label-bias", type=float, default=None,
+                    help="initial bias of the generator's label output (pre-tanh; negative = background; data-free)")
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out, args.tag, real_from=args.real_from)
@@ -356,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     for eps in epsilons:
         for unit in ([None] if math.isinf(eps) else units):
             run = GanRun(eps, unit)
-            pairs, info = train_gan(run, train, args)
-            record(f"synthetic eps={'inf' if math.isinf(eps) else f'{eps:g}'}" + (f" {unit}" if unit else ""), pairs, info)
+            for pairs, info in train_gan(run, train, args):
+                at = f" @{info['gan_steps']}" if "snapshot_of_steps" in info else ""
+                record(f"synthetic eps={'inf' if math.isinf(eps) else f'{eps:g}'}" + (f" {unit}" if unit else "") + at,
+                       pairs, info)
 
     real_dsc = results[0]["dsc"]["mean"] if results[0]["name"] == "real" else None
     for r in results:
@@ -452,8 +479,9 @@ def markdown(doc: dict) -> str:
         d, h = r["dsc"], r["hd95_mm"]
         fmt = lambda s: "n/a" if s["mean"] is None else f"{s['mean']:.3f} +- {s['sd'] or 0:.3f}"
         hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
+        part = r.get("part", c.get("tag", "")) + (f" (snapshot of {r['snapshot_of_steps']})" if r.get("snapshot_of_steps") else "")
         lines.append(
-            f"| {r.get('part', c.get('tag', ''))} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
+            f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
             f"{str(r.get('gan_steps', '-')) + ' / ' + str(r.get('gan_width', '-')) if r['name'] != 'real' else '-'} | "
             f"{fmt(d)} | {num(r['dsc_ratio_to_real'], '.3f')} | {hd_s} | "

@@ -27,11 +27,14 @@ from agent.dp.mechanism import make_dp_optimizer, private_step
 from agent.dp.per_sample_grads import fast_per_sample_grads
 from agent.dp.sampling import UnitSampler
 from agent.models.architectures import GanSpec
+from agent.models.generators import ConvGenerator
 from agent.models.weights import build_pair, load_arrays, pair_to_arrays, CRITIC_PREFIX, GENERATOR_PREFIX
 from protocols.errors import BadInputError
 from protocols.tasks import PrivacyUnit
 
 log = logging.getLogger(__name__)
+
+LABEL_CHANNEL = 1  # channel 1 of a generated patch is the vessel label (channel 0 the image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +49,15 @@ class Hyperparameters:
     gp_weight: float = 10.0  # lambda of the gradient penalty
     patches_per_patient: int = 8  # cap on a sampled patient's patches per step (patient unit)
     batch_size: int = 64  # non-DP batch size; DP batches are Poisson with this expectation in patches
+    # Initial pre-tanh bias of the generator's label channel (None keeps the default init). Negative
+    # values start the label channel at background; a data-free choice, so it costs no privacy.
+    generator_label_bias: float | None = None
 
     def __post_init__(self) -> None:
         if self.n_critic < 1 or self.batch_size < 1 or self.patches_per_patient < 1:
             raise BadInputError("n_critic, batch_size and patches_per_patient must be >= 1")
+        if self.generator_label_bias is not None and not np.isfinite(self.generator_label_bias):
+            raise BadInputError(f"generator_label_bias must be finite, got {self.generator_label_bias}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,20 @@ class DPSettings:
     sample_rate: float
     unit: PrivacyUnit
     expected_units: float  # sample_rate * population: Opacus' averaging denominator
+
+
+def set_label_bias(generator: ConvGenerator, value: float) -> None:
+    """Set the pre-tanh bias of the generator's label output channel (channel 1) to ``value``.
+
+    Used at initialisation only: with ``value`` < 0 the untrained generator draws background
+    labels (tanh(value) < 0 thresholds to 0), so training need not first learn the labels' sparsity.
+    """
+    bias = generator.to_patch.bias
+    if bias is None:
+        raise BadInputError("the generator's output layer has no bias")
+    with torch.no_grad():
+        bias[LABEL_CHANNEL] = value
+    log.info("generator label-channel bias initialised to %g (tanh %.3f)", value, float(np.tanh(value)))
 
 
 def _secret_generator(device: torch.device) -> torch.Generator:
@@ -121,6 +143,8 @@ class GanTrainer:
             # Averaged (federated) power-iteration vectors are no longer unit vectors: re-normalise
             # them on the new weights before sigma = u^T W v is used (data-free, no privacy cost).
             critic.update_spectral_vectors(iterations=3)
+        elif hp.generator_label_bias is not None:
+            set_label_bias(generator, hp.generator_label_bias)
         self.generator = generator.to(self.device)
         self.critic = critic.to(self.device)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
