@@ -42,6 +42,16 @@ class RoundOutcome:
     epsilon_cumulative: float
     epsilon_next: float | None = None  # cumulative after one more identical round (for scheduling)
 
+    @classmethod
+    def of(cls, result: Any, *, site: SiteConfig, dataset_id: str) -> "RoundOutcome":
+        """The outcome of a finished local round (any engine's result with these fields), plus the
+        scheduling estimate from the site's accountant."""
+        return cls(
+            weights=result.weights, num_patients=result.num_patients, metrics=result.metrics,
+            mechanism=result.mechanism, epsilon_round=result.epsilon_round, epsilon_cumulative=result.epsilon_cumulative,
+            epsilon_next=epsilon_after_next_round(site, dataset_id, result.mechanism),
+        )
+
 
 class TrainingEngine(Protocol):
     """What the handlers need from the site's training code."""

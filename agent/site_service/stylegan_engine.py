@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from agent.config import SiteConfig
-from agent.site_service.engine import LocalData, RoundOutcome, epsilon_after_next_round
+from agent.site_service.engine import LocalData, RoundOutcome
 from agent.site_service.policy import RoundTerms
 from protocols.errors import BadInputError
 from protocols.messages import TrainInstruction
@@ -122,11 +122,7 @@ class StyleGanEngine:
             weights=dict(weights) if weights is not None else None, plan=plan, arch=arch,
             train=self._training or TrainingConfig(), images_per_patient=instruction.patches_per_volume,
         )
-        return RoundOutcome(
-            weights=result.weights, num_patients=result.num_patients, metrics=result.metrics,
-            mechanism=result.mechanism, epsilon_round=result.epsilon_round, epsilon_cumulative=result.epsilon_cumulative,
-            epsilon_next=epsilon_after_next_round(site, instruction.dataset_id, result.mechanism),
-        )
+        return RoundOutcome.of(result, site=site, dataset_id=instruction.dataset_id)
 
     def reference_weights(self, *, architecture: str, patch_size: int) -> dict[str, np.ndarray]:
         """What a federated-dp round of ``architecture`` releases: names, shapes, float32 (for the guard).

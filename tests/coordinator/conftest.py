@@ -30,12 +30,19 @@ fakes = _load_fakes()
 
 
 class InProcessTransport:
-    """node id -> (site config, engine); requests dispatched like the ClientApp does."""
+    """node id -> (site config, engine); requests dispatched like the ClientApp does.
 
-    def __init__(self, nodes: Mapping[int, tuple[object, object]]) -> None:
+    ``sign_claim`` is passed to the train handler (e.g. the site's real ledger signer). Train
+    requests' arrays and train replies are kept by (round, node) for tests that check aggregation.
+    """
+
+    def __init__(self, nodes: Mapping[int, tuple[object, object]], *, sign_claim=None) -> None:
         self.nodes = dict(nodes)
+        self.sign_claim = sign_claim
         self.sent: list[tuple[int, str, int]] = []
         self.ksalsa_task = None  # a fake k-SALSA release function, when a test needs one
+        self.train_requests: dict[tuple[int, int], dict] = {}
+        self.train_replies: dict[tuple[int, int], m.Envelope] = {}
 
     def node_ids(self) -> list[int]:
         return sorted(self.nodes)
@@ -47,7 +54,8 @@ class InProcessTransport:
             wire = m.from_recorddict(m.to_recorddict(env), expect=tuple(m.REQUESTS.values()))
             self.sent.append((node, wire.message.KIND, round_))
             if isinstance(wire.message, m.TrainInstruction):
-                reply = handle_train(site, wire, engine=engine)
+                self.train_requests[(round_, node)] = dict(wire.arrays)
+                reply = handle_train(site, wire, engine=engine, sign_claim=self.sign_claim)
             elif isinstance(wire.message, m.SynthesizeQuery):
                 reply = handle_synthesize(site, wire, engine=engine)
             elif isinstance(wire.message, m.KsalsaQuery):
@@ -58,7 +66,15 @@ class InProcessTransport:
                 out[node] = Failure(node, "unknown request")
                 continue
             out[node] = m.from_recorddict(m.to_recorddict(reply), expect=tuple(m.REPLIES.values()))
+            if isinstance(out[node].message, m.TrainReply):
+                self.train_replies[(round_, node)] = out[node]
         return out
+
+
+@pytest.fixture
+def transport_for():
+    """The :class:`InProcessTransport` class, for tests that build their own nodes."""
+    return InProcessTransport
 
 
 @pytest.fixture

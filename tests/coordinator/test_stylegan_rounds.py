@@ -14,14 +14,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from agent.flower_client.enroll import enroll  # noqa: E402
-from agent.site_service import handle_status, handle_train  # noqa: E402
 from agent.site_service.claims import ledger_signer  # noqa: E402
 from agent.site_service.stylegan_engine import StyleGanEngine  # noqa: E402
 from agent.stylegan.config import TrainingConfig  # noqa: E402
 from agent.training.local_round import current_epsilon  # noqa: E402
 from coordinator.audit.verify import verify  # noqa: E402
 from coordinator.deployment.pki import make_coordinator_ledger_key  # noqa: E402
-from coordinator.rounds import Failure, FederationPlan  # noqa: E402
+from coordinator.rounds import FederationPlan  # noqa: E402
 from coordinator.rounds.session import SessionPaths, run_session  # noqa: E402
 from coordinator.strategy import fedavg  # noqa: E402
 from protocols import messages as m  # noqa: E402
@@ -31,42 +30,12 @@ from protocols.signing import load_key_directory  # noqa: E402
 from protocols.tasks import Task  # noqa: E402
 
 
-class SigningTransport:
-    """node id -> (site, engine), dispatched like the ClientApp (claims signed with the site key)."""
-
-    def __init__(self, nodes) -> None:
-        self.nodes = dict(nodes)
-        self.train_requests: dict[tuple[int, int], dict[str, np.ndarray]] = {}  # (round, node) -> arrays sent
-        self.train_replies: dict[tuple[int, int], m.Envelope] = {}
-
-    def node_ids(self) -> list[int]:
-        return sorted(self.nodes)
-
-    def exchange(self, requests, *, round_, timeout_s):
-        out = {}
-        for node, env in requests.items():
-            site, engine = self.nodes[node]
-            wire = m.from_recorddict(m.to_recorddict(env), expect=tuple(m.REQUESTS.values()))
-            if isinstance(wire.message, m.TrainInstruction):
-                self.train_requests[(round_, node)] = dict(wire.arrays)
-                reply = handle_train(site, wire, engine=engine, sign_claim=ledger_signer)
-            elif isinstance(wire.message, m.StatusQuery):
-                reply = handle_status(site, wire, engine=engine)
-            else:
-                out[node] = Failure(node, f"unexpected {wire.message.KIND} in a stylegan-dp run")
-                continue
-            out[node] = m.from_recorddict(m.to_recorddict(reply), expect=tuple(m.REPLIES.values()))
-            if isinstance(out[node].message, m.TrainReply):
-                self.train_replies[(round_, node)] = out[node]
-        return out
-
-
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def test_two_site_stylegan_dp_run_aggregates_tracks_epsilon_and_verifies(tmp_path, tiny_fundus) -> None:
+def test_two_site_stylegan_dp_run_aggregates_tracks_epsilon_and_verifies(tmp_path, tiny_fundus, transport_for) -> None:
     keys = tmp_path / "coordinator-keys"
     make_coordinator_ledger_key(keys)
     nodes = {}
@@ -76,7 +45,7 @@ def test_two_site_stylegan_dp_run_aggregates_tracks_epsilon_and_verifies(tmp_pat
         shutil.copyfile(enrolled.ledger_public_key, keys / "public" / f"{site.site_id}.pub")
         engine = StyleGanEngine(load_images=lambda s, p=photos: p, training=TrainingConfig(batch_size=4))
         nodes[100 + i] = (site, engine)
-    transport = SigningTransport(nodes)
+    transport = transport_for(nodes, sign_claim=ledger_signer)
     plan = FederationPlan(task=Task.STYLEGAN_DP, rounds=2, architecture="tiny16", patch_size=16, patches_per_volume=2,
                           local_steps=2, target_epsilon=6.0, delta=1e-5, expected_batch_patients=3,
                           dataset_id="fundus", consortium_budget=10.0, synth_count=4, run_id="run-sg")
@@ -86,6 +55,7 @@ def test_two_site_stylegan_dp_run_aggregates_tracks_epsilon_and_verifies(tmp_pat
     assert result.rounds_completed == 2, result.stop_reason
     assert [t.sites_trained for t in result.timings] == [2, 2] and result.refusals == []
     assert result.outputs == []  # no synthesize query: the aggregated generator is the release
+    assert {kind for _, kind, _ in transport.sent} <= {m.TrainInstruction.KIND, m.StatusQuery.KIND}
     # Round 1 starts from the round seed at every site; round 2 from the patient-weighted average of round 1.
     assert all(not arrays for (rnd, _), arrays in transport.train_requests.items() if rnd == 1)
     for rnd in (1, 2):
