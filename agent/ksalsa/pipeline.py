@@ -1,7 +1,8 @@
 """One synthetic image per k-anonymous group, by any of the four methods, from in-memory images.
 
 Steps: resize the site's photographs to the generator's resolution; invert them into W+ with the
-ReStyle encoder (5 refinement iterations, as published); cluster the W+ codes by patient
+ReStyle encoder (5 refinement iterations, as published), optionally refined per image by latent
+optimisation on the reconstruction loss (``Inverter.optimisation``); cluster the W+ codes by patient
 (:mod:`agent.ksalsa.clustering`); then per group the k-SALSA average (centroid + local style
 alignment) or a baseline. Without a generator the pixel baselines cluster on downsampled pixels.
 No site I/O and no release here (see :mod:`agent.ksalsa.task` and :mod:`agent.ksalsa.release`).
@@ -21,6 +22,7 @@ from torch import nn
 
 from agent.ksalsa.baselines import Method, centroid_latents, group_weights, k_same_eigen, k_same_pixel, to_tensor, to_uint8
 from agent.ksalsa.clustering import Clustering, cluster_by_patient
+from agent.inversion.invert import OptimisationSettings
 from agent.ksalsa.style_alignment import AlignmentFeatures, AlignmentSettings, StepTimes, align_group
 from agent.records import FundusImage
 from protocols.errors import BadInputError
@@ -32,11 +34,22 @@ PIXEL_CLUSTER_EDGE = 16  # pixel baselines without a generator cluster on 16x16 
 
 @dataclasses.dataclass(frozen=True)
 class Inverter:
-    """A frozen generator and its encoder (both on the same device)."""
+    """A frozen generator and its encoder (both on the same device).
+
+    With ``optimisation`` and ``loss`` set, each image's encoder code is refined by that many Adam
+    steps on the reconstruction loss (the generator stays frozen); inversions then fit the members
+    much better than the encoder alone, at a one-off cost per image.
+    """
 
     generator: nn.Module
     encoder: nn.Module
     iterations: int = 5  # ReStyle refinement iterations (paper: 5)
+    optimisation: OptimisationSettings | None = None  # per-image latent optimisation after the encoder
+    loss: nn.Module | None = None  # ReconstructionLoss for the optimisation
+
+    def __post_init__(self) -> None:
+        if self.optimisation is not None and self.optimisation.steps and self.loss is None:
+            raise BadInputError("latent optimisation needs a reconstruction loss (agent.inversion.losses)")
 
     @property
     def resolution(self) -> int:
@@ -44,12 +57,24 @@ class Inverter:
 
     def invert(self, images: torch.Tensor, *, batch: int = 32) -> torch.Tensor:
         """W+ codes (N, num_ws, w_dim) of images (N, 3, R, R) in [-1, 1]."""
-        from agent.inversion.invert import refine
+        from agent.inversion.invert import optimise_latents, refine
 
         out = []
-        with torch.no_grad():
-            for i in range(0, images.shape[0], batch):
-                out.append(refine(self.encoder, self.generator, images[i:i + batch], iterations=self.iterations)[-1])
+        for i in range(0, images.shape[0], batch):
+            targets = images[i:i + batch]
+            with torch.no_grad():
+                ws = refine(self.encoder, self.generator, targets, iterations=self.iterations)[-1]
+            if self.optimisation is not None and self.optimisation.steps and self.loss is not None:
+                grad_state = [p.requires_grad for p in self.generator.parameters()]
+                self.generator.requires_grad_(False)
+                try:  # gradients are needed here even if the caller runs under no_grad
+                    with torch.enable_grad():
+                        ws, losses = optimise_latents(self.generator, targets, ws, self.loss, self.optimisation)
+                finally:
+                    for p, flag in zip(self.generator.parameters(), grad_state):
+                        p.requires_grad_(flag)
+                log.info("latent optimisation of %d image(s): loss %.4f -> %.4f", targets.shape[0], losses[0], losses[-1])
+            out.append(ws)
         return torch.cat(out)
 
 
@@ -91,8 +116,13 @@ def make_averages(
     settings: AlignmentSettings = AlignmentSettings(),
     resolution: int | None = None,
     eigen_components: int | None = None,
+    ws: torch.Tensor | None = None,
 ) -> Averages:
     """Cluster ``images`` into groups of >= k distinct patients and make one image per group.
+
+    ``ws`` are W+ codes of ``images`` already computed with ``inverter`` (one row per image), so
+    several methods and k can share one (possibly optimised) inversion; by default the images are
+    inverted here.
 
     Raises
     ------
@@ -108,10 +138,12 @@ def make_averages(
     keys = [im.patient_key for im in images]
     size = inverter.resolution if inverter is not None else (resolution or images[0].rgb.shape[0])
     pixels = prepare_images(images, size)
-    ws = None
+    if ws is not None and (inverter is None or ws.shape[0] != len(images)):
+        raise BadInputError(f"precomputed W+ codes need an inverter and one row per image ({len(images)}), "
+                            f"got {tuple(ws.shape)}")
     if inverter is not None:
         device = next(inverter.generator.parameters()).device
-        ws = inverter.invert(pixels.to(device))
+        ws = inverter.invert(pixels.to(device)) if ws is None else ws.to(device)
         clustering = cluster_by_patient(ws.flatten(1).cpu().numpy(), keys, k=k)
     else:
         thumbs = _resize(pixels, min(PIXEL_CLUSTER_EDGE, size))

@@ -1,0 +1,53 @@
+"""make_averages with an optimising inverter and with precomputed W+ codes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from agent.inversion.encoder import EncoderConfig, ReStyleEncoder
+from agent.inversion.invert import OptimisationSettings
+from agent.inversion.losses import ReconstructionLoss, ReconstructionWeights
+from agent.ksalsa.baselines import Method
+from agent.ksalsa.pipeline import Inverter, make_averages, prepare_images
+from protocols.errors import BadInputError
+
+PIXEL_ONLY = ReconstructionWeights(feature=0.0, latent=0.0)
+
+
+def _encoder(G: nn.Module) -> ReStyleEncoder:
+    cfg = EncoderConfig(resolution=G.cfg.resolution, num_ws=G.num_ws, w_dim=G.cfg.w_dim, width=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return ReStyleEncoder(cfg).eval().requires_grad_(False)
+
+
+def test_latent_optimisation_fits_the_images_better_than_the_encoder(tiny_generator: nn.Module, tiny_fundus) -> None:
+    G = tiny_generator
+    x = prepare_images(tiny_fundus[:4], G.cfg.resolution)
+    loss = ReconstructionLoss(None, PIXEL_ONLY)
+    plain = Inverter(G, _encoder(G), iterations=2)
+    tuned = Inverter(G, _encoder(G), iterations=2, optimisation=OptimisationSettings(steps=30), loss=loss)
+    with torch.no_grad():
+        before = loss(G.synthesis(plain.invert(x)), x).mean()
+        after = loss(G.synthesis(tuned.invert(x)), x).mean()
+    assert after < 0.7 * before
+    assert all(p.grad is None for p in G.parameters())
+
+
+def test_optimisation_without_a_loss_is_refused(tiny_generator: nn.Module) -> None:
+    with pytest.raises(BadInputError, match="reconstruction loss"):
+        Inverter(tiny_generator, _encoder(tiny_generator), optimisation=OptimisationSettings(steps=5))
+
+
+def test_precomputed_codes_give_the_same_release_as_inverting_inside(tiny_generator: nn.Module, tiny_fundus) -> None:
+    G = tiny_generator
+    inverter = Inverter(G, _encoder(G), iterations=2)
+    ws = inverter.invert(prepare_images(tiny_fundus, G.cfg.resolution))
+    inside = make_averages(tiny_fundus, method=Method.CENTROID, k=3, inverter=inverter)
+    shared = make_averages(tiny_fundus, method=Method.CENTROID, k=3, inverter=inverter, ws=ws)
+    assert inside.clustering.groups == shared.clustering.groups
+    assert (inside.images == shared.images).all()
+    with pytest.raises(BadInputError, match="one row per image"):
+        make_averages(tiny_fundus, method=Method.CENTROID, k=3, inverter=inverter, ws=ws[:-1])
