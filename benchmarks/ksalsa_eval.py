@@ -72,10 +72,17 @@ def make_data(site_patients: int, heldout_patients: int) -> Data:
 
 # -- stage 1: the site's models ------------------------------------------------------------------
 def train(args: argparse.Namespace) -> None:
+    """Fit the site's StyleGAN2 and ReStyle encoder for fixed wall-clock budgets; record CPU seconds.
+
+    ``--channel-base 1024`` halves the channels of the 64 px and 32 px layers against ``small64``
+    (2048): about 2.3x less CPU per step, so many more steps fit a CPU budget. With
+    ``--fid-every-minutes`` the EMA generator's samples are scored against the held-out images
+    (Inception, 100 samples) during training; the trajectory goes into ``train.json``.
+    """
     from agent.features import load_feature_extractor
     from agent.inversion.losses import ReconstructionLoss, ReconstructionWeights
     from agent.inversion.train import EncoderTrainer, EncoderTraining
-    from agent.stylegan.config import TrainingConfig, TrainingMode, preset
+    from agent.stylegan.config import StyleGANConfig, TrainingConfig, TrainingMode
     from agent.stylegan.train import StyleGANTrainer
 
     work = Path(args.work)
@@ -85,24 +92,70 @@ def train(args: argparse.Namespace) -> None:
     ids = {k: i for i, k in enumerate(dict.fromkeys(im.patient_key for im in data.site))}
     patient_index = torch.tensor([ids[im.patient_key] for im in data.site])
     gan_path = work / "models" / "stylegan.pt"
-    trainer = StyleGANTrainer(preset("small64"), TrainingConfig(batch_size=8), mode=TrainingMode.LOCAL, seed=0)
+    arch = StyleGANConfig(channel_base=args.channel_base)
+    trainer = StyleGANTrainer(arch, TrainingConfig(batch_size=args.batch, r1_interval=args.r1_interval),
+                              mode=TrainingMode.LOCAL, seed=0)
     if gan_path.exists():
         trainer.load(gan_path)
+    record_path = work / "models" / "train.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"gan_cpu_seconds": 0.0,
+                                                                                "encoder_cpu_seconds": 0.0,
+                                                                                "sample_fid": []}
+    record.update({"channel_base": args.channel_base, "batch": args.batch, "r1_interval": args.r1_interval,
+                   "site_images": len(data.site)})
+    inception = held_inc = None
+    if args.fid_every_minutes > 0:
+        inception = Inception()
+        held_inc = inception.features(_to_uint8(prepare_images(data.heldout, RESOLUTION)))
+    next_fid = time.monotonic() + 60 * args.fid_every_minutes
     deadline = time.monotonic() + 60 * args.gan_minutes
+    loads = []
     while time.monotonic() < deadline:
-        metrics = trainer.fit(x, patient_index, steps=trainer.step_count + 20, checkpoint_path=gan_path)
-        log.info("gan step %d: %s", trainer.step_count, {k: round(v, 3) for k, v in metrics.items()})
+        c0 = time.process_time()
+        metrics = trainer.fit(x, patient_index, steps=trainer.step_count + 50, checkpoint_path=gan_path)
+        record["gan_cpu_seconds"] += time.process_time() - c0
+        loads.append(os.getloadavg()[0])
+        log.info("gan step %d (cpu %.0f s): %s", trainer.step_count, record["gan_cpu_seconds"],
+                 {k: round(v, 3) for k, v in metrics.items()})
+        if inception is not None and (time.monotonic() >= next_fid or time.monotonic() >= deadline):
+            score = sample_fid(trainer.G_ema, inception, held_inc, n=100)
+            record["sample_fid"].append({"step": trainer.step_count, "gan_cpu_seconds": round(record["gan_cpu_seconds"]),
+                                         "fid": round(score, 2)})
+            log.info("gan step %d: FID(100 EMA samples, held-out) = %.1f", trainer.step_count, score)
+            next_fid = time.monotonic() + 60 * args.fid_every_minutes
+        record.update({"gan_steps": trainer.step_count, "gan_load_average_mean": float(np.mean(loads))})
+        record_path.write_text(json.dumps(record, indent=2))
     features = load_feature_extractor()
-    enc = EncoderTrainer(trainer.G_ema, ReconstructionLoss(features, ReconstructionWeights()), EncoderTraining(), seed=0)
+    enc = EncoderTrainer(trainer.G_ema, ReconstructionLoss(features, ReconstructionWeights()),
+                         EncoderTraining(lr=args.encoder_lr), seed=0)
     enc_path = work / "models" / "encoder.pt"
     if enc_path.exists():
         enc.load(enc_path)
     deadline = time.monotonic() + 60 * args.encoder_minutes
+    loads = []
     while time.monotonic() < deadline:
+        c0 = time.process_time()
         metrics = enc.fit(x, steps=enc.step_count + 10, checkpoint_path=enc_path)
-        log.info("encoder step %d: %s", enc.step_count, {k: round(v, 3) for k, v in metrics.items()})
-    (work / "models" / "train.json").write_text(json.dumps(
-        {"gan_steps": trainer.step_count, "encoder_steps": enc.step_count, "site_images": len(data.site)}, indent=2))
+        record["encoder_cpu_seconds"] += time.process_time() - c0
+        loads.append(os.getloadavg()[0])
+        log.info("encoder step %d (cpu %.0f s): %s", enc.step_count, record["encoder_cpu_seconds"],
+                 {k: round(v, 3) for k, v in metrics.items()})
+        record.update({"encoder_steps": enc.step_count, "encoder_load_average_mean": float(np.mean(loads))})
+        record_path.write_text(json.dumps(record, indent=2))
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, R, R) in [-1, 1] -> (N, R, R, 3) uint8."""
+    return ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
+def sample_fid(G: torch.nn.Module, inception: "Inception", reference: np.ndarray, *, n: int) -> float:
+    """FID of ``n`` samples of ``G`` (random noise, fixed seed) against reference Inception features."""
+    rng = torch.Generator().manual_seed(12345)
+    with torch.no_grad():
+        imgs = torch.cat([G(G.sample_z(min(25, n - i), generator=rng), noise_mode="random", generator=rng)
+                          for i in range(0, n, 25)])
+    return fid(inception.features(_to_uint8(imgs.clamp(-1, 1))), reference)
 
 
 # -- metrics ----------------------------------------------------------------------------------------
@@ -195,26 +248,53 @@ def membership_precision(synth_emb: torch.Tensor, site_emb: torch.Tensor, groups
 
 # -- stage 2: release with every method and measure ------------------------------------------------
 def evaluate(args: argparse.Namespace) -> None:
+    from agent.inversion.invert import OptimisationSettings
+    from agent.inversion.losses import ReconstructionLoss, ReconstructionWeights
     from agent.ksalsa.task import SiteModels, load_models
 
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = make_data(args.site_patients, args.heldout_patients)
     inverter, features = load_models(SiteModels(work / "models" / "stylegan.pt", work / "models" / "encoder.pt"))
-    to64 = lambda ims: ((prepare_images(ims, RESOLUTION).permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()  # noqa: E731
+    to64 = lambda ims: _to_uint8(prepare_images(ims, RESOLUTION))  # noqa: E731
     site_rgb, held_rgb = to64(data.site), to64(data.heldout)
     held_y = np.array([im.grade for im in data.heldout])
     inception, embed = Inception(), Embedder()
     held_inc, site_emb, held_emb = inception.features(held_rgb), embed(site_rgb), embed(held_rgb)
     site_keys = [im.patient_key for im in data.site]
     site_grades = [im.grade for im in data.site]
-    with torch.no_grad():
-        recon = inverter.generator.synthesis(inverter.invert(prepare_images(data.site, RESOLUTION)), noise_mode="const")
-    recon_rgb = ((recon.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    site_x = prepare_images(data.site, RESOLUTION)
     site_inc = inception.features(site_rgb)
+    G = inverter.generator
+
+    def reconstruction(ws: torch.Tensor) -> tuple[np.ndarray, dict[str, float]]:
+        with torch.no_grad():
+            recon = G.synthesis(ws, noise_mode="const").clamp(-1, 1)
+        mse = (recon - site_x).square().flatten(1).mean(1)  # [-1, 1] units: PSNR with peak-to-peak 2
+        rgb = _to_uint8(recon)
+        return rgb, {"fid_vs_heldout": fid(inception.features(rgb), held_inc),
+                     "psnr_db": float((10 * torch.log10(4.0 / mse)).mean())}
+
+    # One inversion of the site's images, shared by every method and k (clusters depend on it).
+    c0 = time.process_time()
+    ws_encoder = inverter.invert(site_x)
+    encoder_cpu = time.process_time() - c0
+    recon_rgb, encoder_recon = reconstruction(ws_encoder)
+    ws, inversion = ws_encoder, {"encoder_iterations": inverter.iterations, "encoder_cpu_seconds_per_image":
+                                 encoder_cpu / len(data.site), "optimisation_steps": args.opt_steps,
+                                 "encoder_only": encoder_recon}
+    if args.opt_steps:
+        loss = ReconstructionLoss(features, ReconstructionWeights(latent=0.0, feature_resolution=args.opt_feature_resolution))
+        inverter = dataclasses.replace(inverter, optimisation=OptimisationSettings(steps=args.opt_steps), loss=loss)
+        c0 = time.process_time()
+        ws = inverter.invert(site_x, batch=len(data.site))
+        inversion["optimised_cpu_seconds_per_image"] = (time.process_time() - c0) / len(data.site)
+        recon_rgb, inversion["optimised"] = reconstruction(ws)
     reference = {
         "fid_site_real_vs_heldout": fid(site_inc, held_inc),
-        "fid_site_reconstructions_vs_heldout": fid(inception.features(recon_rgb), held_inc),
+        "fid_generator_samples_vs_heldout": sample_fid(G, inception, held_inc, n=100),
+        "fid_site_reconstructions_vs_heldout": inversion["optimised" if args.opt_steps else "encoder_only"]["fid_vs_heldout"],
+        "inversion": inversion,
         "classifier_trained_on_site_real": grade_classifier(site_emb, np.array(site_grades), held_emb, held_y),
     }
     log.info("reference: %s", reference)
@@ -222,7 +302,7 @@ def evaluate(args: argparse.Namespace) -> None:
     for k in [int(x) for x in args.ks.split(",")]:
         for method in METHODS:
             avg = make_averages(data.site, method=method, k=k, inverter=inverter, features=features,
-                                settings=AlignmentSettings(steps=args.steps))
+                                settings=AlignmentSettings(steps=args.steps), ws=ws)
             groups = [list(g.indices) for g in avg.clustering.groups]
             labels = np.array([majority_grade([site_grades[i] for i in g], [site_keys[i] for i in g]) for g in groups])
             synth_emb = embed(avg.images)
@@ -276,6 +356,7 @@ def write_table(path: Path, meta: dict, reference: dict, rows: list[dict]) -> No
         f"held-out) = {reference['fid_site_reconstructions_vs_heldout']:.1f}; classifier trained on site real images: "
         f"accuracy {reference['classifier_trained_on_site_real']['accuracy']:.3f}, "
         f"QWK {reference['classifier_trained_on_site_real']['qwk']:.3f}.", "",
+        *_inversion_lines(reference),
         "| k | method | groups | min patients/group | FID | FID of as many real | accuracy | QWK | MIA top-k precision | chance | ratio | s/average | generator s | feature s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -286,6 +367,21 @@ def write_table(path: Path, meta: dict, reference: dict, rows: list[dict]) -> No
             f"{r['mia_ratio_to_chance']:.2f} | {r['seconds_per_average']:.2f} | {r['generator_seconds_per_average']:.2f} | "
             f"{r['feature_seconds_per_average']:.2f} |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _inversion_lines(reference: dict) -> list[str]:
+    """Generator sample FID and inversion quality (encoder only, and after optimisation), when recorded."""
+    inv = reference.get("inversion")
+    if not inv:
+        return []
+    parts = [f"FID(100 generator samples, held-out) = {reference['fid_generator_samples_vs_heldout']:.1f}",
+             f"encoder only ({inv['encoder_iterations']} iterations): reconstruction FID "
+             f"{inv['encoder_only']['fid_vs_heldout']:.1f}, PSNR {inv['encoder_only']['psnr_db']:.1f} dB"]
+    if "optimised" in inv:
+        parts.append(f"encoder + {inv['optimisation_steps']} optimisation steps (used for every latent method and for "
+                     f"the clusters): FID {inv['optimised']['fid_vs_heldout']:.1f}, PSNR {inv['optimised']['psnr_db']:.1f} dB, "
+                     f"{inv['optimised_cpu_seconds_per_image']:.1f} CPU s per image")
+    return ["Inversion: " + "; ".join(parts) + ".", ""]
 
 
 def plot(out: Path, rows: list[dict]) -> None:
@@ -336,8 +432,19 @@ def main() -> None:
         p.add_argument("--heldout-patients", type=int, default=100)
     sub.choices["train"].add_argument("--gan-minutes", type=float, default=35)
     sub.choices["train"].add_argument("--encoder-minutes", type=float, default=10)
+    sub.choices["train"].add_argument("--channel-base", type=int, default=2048,
+                                      help="StyleGAN channel_base: 2048 = preset small64, 1024 = half the high-res channels")
+    sub.choices["train"].add_argument("--batch", type=int, default=8)
+    sub.choices["train"].add_argument("--r1-interval", type=int, default=4, help="lazy R1 every this many steps")
+    sub.choices["train"].add_argument("--encoder-lr", type=float, default=1e-3)
+    sub.choices["train"].add_argument("--fid-every-minutes", type=float, default=0,
+                                      help="score 100 EMA samples against the held-out images this often (0: never)")
     sub.choices["eval"].add_argument("--out", default="benchmarks/results/ksalsa")
     sub.choices["eval"].add_argument("--steps", type=int, default=100)
+    sub.choices["eval"].add_argument("--opt-steps", type=int, default=0,
+                                     help="per-image latent optimisation steps after the encoder (0: encoder only)")
+    sub.choices["eval"].add_argument("--opt-feature-resolution", type=int, default=128,
+                                     help="edge the reconstruction loss resizes to before the feature network")
     sub.choices["eval"].add_argument("--ks", default="5,2,10", help="k values in run order (default 5,2,10)")
     replot = sub.add_parser("plot", help="redraw metrics_vs_k.png from results.json")
     replot.add_argument("--out", default="benchmarks/results/ksalsa")
