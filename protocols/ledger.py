@@ -78,13 +78,25 @@ class ArtifactKind(str, enum.Enum):
     SYNTHETIC = "synthetic"
 
 
+# The exact member sets of each record (frozen once: the auditor reads 10^5 records).
+_DP_SGD_FIELDS = frozenset({"kind", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "delta", "unit", "accountant"})
+_PLAIN_FIELDS = frozenset({"kind"})
+_KANON_FIELDS = frozenset({"k", "min_k", "cluster_sizes"})
+_ARTIFACT_FIELDS = frozenset({"name", "kind", "sha256", "size"})
+_SIGNED_CLAIM_FIELDS = frozenset({"schema", "claim", "signature"})
+_TASKS = {t.value: t for t in Task}
+_ARTIFACT_KINDS = {k.value: k for k in ArtifactKind}
+
+
 def utc_now() -> str:
     """Current UTC time in the ledger's one time format (microseconds, ``Z``)."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # -- strict field readers -------------------------------------------------------------------------
-def _fields(d: Any, where: str, required: set[str]) -> Mapping[str, Any]:
+def _fields(d: Any, where: str, required: frozenset[str]) -> Mapping[str, Any]:
+    if type(d) is dict and d.keys() == required:  # the auditor's hot path: no set is built
+        return d
     if not isinstance(d, dict):
         raise BadInputError(f"{where}: expected an object, got {type(d).__name__}")
     keys = set(d)
@@ -175,7 +187,7 @@ class DpSgdMechanism:
 
     @classmethod
     def from_dict(cls, d: Any) -> "DpSgdMechanism":
-        f = _fields(d, "mechanism", {"kind", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "delta", "unit", "accountant"})
+        f = _fields(d, "mechanism", _DP_SGD_FIELDS)
         for name in ("noise_multiplier", "sample_rate", "max_grad_norm", "delta"):
             if type(f[name]) is not float:
                 raise BadInputError(f"mechanism.{name}: expected a float, got {f[name]!r}")
@@ -213,7 +225,7 @@ class PlainMechanism:
 
     @classmethod
     def from_dict(cls, d: Any) -> "PlainMechanism":
-        f = _fields(d, "mechanism", {"kind"})
+        f = _fields(d, "mechanism", _PLAIN_FIELDS)
         try:
             return cls(MechanismKind(f["kind"]))
         except ValueError as exc:
@@ -255,7 +267,7 @@ class KAnonRelease:
 
     @classmethod
     def from_dict(cls, d: Any) -> "KAnonRelease":
-        f = _fields(d, "kanon", {"k", "min_k", "cluster_sizes"})
+        f = _fields(d, "kanon", _KANON_FIELDS)
         if not isinstance(f["cluster_sizes"], list):
             raise BadInputError("kanon.cluster_sizes: expected a list of integers")
         return cls(f["k"], f["min_k"], tuple(f["cluster_sizes"]))
@@ -282,19 +294,18 @@ class Artifact:
 
     @classmethod
     def from_dict(cls, d: Any) -> "Artifact":
-        f = _fields(d, "artifacts[]", {"name", "kind", "sha256", "size"})
-        try:
-            kind = ArtifactKind(f["kind"])
-        except ValueError as exc:
-            raise BadInputError(f"artifacts[].kind: unknown kind {f['kind']!r}") from exc
+        f = _fields(d, "artifacts[]", _ARTIFACT_FIELDS)
+        kind = _ARTIFACT_KINDS.get(f["kind"]) if type(f["kind"]) is str else None
+        if kind is None:
+            raise BadInputError(f"artifacts[].kind: unknown kind {f['kind']!r}")
         return cls(f["name"], kind, f["sha256"], f["size"])
 
 
 # -- the claim ------------------------------------------------------------------------------------
-_CLAIM_FIELDS = {
+_CLAIM_FIELDS = frozenset({
     "schema", "run_id", "round", "site", "site_seq", "site_prev", "key_id", "task", "dataset",
     "mechanism", "epsilon", "cumulative_epsilon", "kanon", "artifacts", "time",
-}
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,13 +343,16 @@ class SiteClaim:
         if not isinstance(self.mechanism, (DpSgdMechanism, PlainMechanism)):
             raise BadInputError(f"claim.mechanism: expected DpSgdMechanism or PlainMechanism, got {self.mechanism!r}")
         for name in ("epsilon", "cumulative_epsilon"):
-            v = _as_float(getattr(self, name), f"claim.{name}")
+            v = getattr(self, name)
+            if type(v) is not float:  # constructors may pass ints; stored as float
+                v = _as_float(v, f"claim.{name}")
+                object.__setattr__(self, name, v)
             if not (v == math.inf or 0.0 <= v <= 1e6):
                 raise BadInputError(f"claim.{name}: expected 0 <= epsilon <= 1e6 or infinity, got {v!r}")
-            object.__setattr__(self, name, v)
         if self.kanon is not None and not isinstance(self.kanon, KAnonRelease):
             raise BadInputError(f"claim.kanon: expected KAnonRelease or None, got {self.kanon!r}")
-        object.__setattr__(self, "artifacts", tuple(self.artifacts))
+        if type(self.artifacts) is not tuple:
+            object.__setattr__(self, "artifacts", tuple(self.artifacts))
         if not all(isinstance(a, Artifact) for a in self.artifacts):
             raise BadInputError("claim.artifacts: expected Artifact items")
         _str(self.time, "claim.time", _TIME, "UTC time YYYY-MM-DDTHH:MM:SS.ffffffZ")
@@ -387,10 +401,9 @@ class SiteClaim:
         f = _fields(d, "claim", _CLAIM_FIELDS)
         if f["schema"] != LEDGER_SCHEMA or type(f["schema"]) is not int:
             raise BadInputError(f"claim.schema: this anonfed reads schema {LEDGER_SCHEMA}, got {f['schema']!r}; upgrade anonfed")
-        try:
-            task = Task(f["task"])
-        except ValueError as exc:
-            raise BadInputError(f"claim.task: unknown task {f['task']!r}") from exc
+        task = _TASKS.get(f["task"]) if type(f["task"]) is str else None
+        if task is None:
+            raise BadInputError(f"claim.task: unknown task {f['task']!r}")
         if not isinstance(f["artifacts"], list):
             raise BadInputError("claim.artifacts: expected a list")
         return cls(
@@ -460,7 +473,7 @@ class SignedClaim:
 
     @classmethod
     def from_dict(cls, d: Any) -> "SignedClaim":
-        f = _fields(d, "signed claim", {"schema", "claim", "signature"})
+        f = _fields(d, "signed claim", _SIGNED_CLAIM_FIELDS)
         if f["schema"] != LEDGER_SCHEMA or type(f["schema"]) is not int:
             raise BadInputError(f"signed claim schema: expected {LEDGER_SCHEMA}, got {f['schema']!r}")
         _str(f["signature"], "signed claim signature", _B64SIG, "a base64 Ed25519 signature")
@@ -506,7 +519,7 @@ def sign_claim(claim: SiteClaim, key: SigningKey) -> SignedClaim:
 
 
 # -- the ledger entry -----------------------------------------------------------------------------
-_ENTRY_FIELDS = {"schema", "seq", "prev", "received_at", "claim", "site_sig", "coordinator_key_id", "coordinator_sig"}
+_ENTRY_FIELDS = frozenset({"schema", "seq", "prev", "received_at", "claim", "site_sig", "coordinator_key_id", "coordinator_sig"})
 
 
 @dataclasses.dataclass(frozen=True)
