@@ -4,7 +4,7 @@ Invariants (checked here, relied on by the egress guard and the coordinator):
 
 * Each message is a frozen dataclass with a ``KIND`` and carries :data:`SCHEMA_VERSION`.
 * Field values are restricted to :data:`SCALAR_TYPES` (declared once, here), ``None`` for optional
-  fields, enums from :mod:`protocols.tasks`, and tuples of strings or integers. ``bool`` is never accepted
+  fields, enums from :mod:`protocols.tasks`, and tuples of strings, integers or bytes. ``bool`` is never accepted
   where a number is expected (Flower's MetricRecord rejects it on purpose; so do we).
 * Decoding rejects unknown fields, missing fields, wrong types and unknown record names.
 * No message type exists that could carry raw data: arrays travel only as named model weights
@@ -140,10 +140,15 @@ class TrainInstruction(WireMessage):
     expected_batch_patients: int
     max_grad_norm: float
     seed: int
+    # How many of this site's claims the coordinator's ledger holds (None: no ledger). The site
+    # resends the claims of its own log from that position on (replies that never arrived).
+    ledger_claims_held: int | None = None
 
     def validate(self) -> None:
         _positive(self, "round", "patch_size", "patches_per_volume", "local_steps", "total_planned_steps")
         _positive(self, "expected_batch_patients", "max_grad_norm")
+        if self.ledger_claims_held is not None and self.ledger_claims_held < 0:
+            raise MessageSchemaError(f"{self.KIND}: ledger_claims_held must be >= 0, got {self.ledger_claims_held}")
         if self.local_steps > self.total_planned_steps:
             raise MessageSchemaError(
                 f"{self.KIND}: local_steps ({self.local_steps}) must not exceed total_planned_steps "
@@ -240,10 +245,16 @@ class TrainReply(WireMessage):
     max_grad_norm: float | None
     accountant: str | None
     claim: bytes | None  # the site's signed ledger claim (canonical bytes), when a ledger exists
+    # Signed claims to append before ``claim``, oldest first: claims of the site's log the
+    # coordinator does not hold yet, then claims for DP steps the site's accountant charged in
+    # rounds that never replied. Each is checked like any claim; none describes this reply.
+    prior_claims: tuple[bytes, ...] | None = None
 
     def validate(self) -> None:
         _site_id(self)
         _sha(self, "weights_sha256")
+        if self.prior_claims and self.claim is None:
+            raise MessageSchemaError(f"{self.KIND}: prior_claims need the reply's own claim")
         _positive(self, "num_patients")
         if self.task in FEDERATED_TRAINING_TASKS:
             for name in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant"):
@@ -535,6 +546,8 @@ def _check_value(kind: str, name: str, value: Any, hint: Any) -> None:
         for v in value:
             if isinstance(v, str):
                 _check_string(kind, name, v)
+            elif isinstance(v, bytes) and len(v) > MAX_BYTES:
+                raise MessageSchemaError(f"{kind}: an item of {name!r} holds {len(v)} bytes, at most {MAX_BYTES}")
         return
     if isinstance(base, type) and issubclass(base, enum.Enum):
         if not isinstance(value, base):

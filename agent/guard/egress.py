@@ -113,6 +113,8 @@ def _problems(env: m.Envelope, policy: EgressPolicy) -> list[str]:
     problems += _check_strings(msg, policy)
     problems += _check_metrics(env.metrics, policy)
     problems += _check_claim(getattr(msg, "claim", None), policy)
+    for prior in getattr(msg, "prior_claims", None) or ():
+        problems += _check_claim(prior, policy)
     total = sum(a.nbytes for a in env.arrays.values())
     if total > MAX_TOTAL_ARRAY_BYTES:
         problems.append(f"arrays total {total} bytes, more than {MAX_TOTAL_ARRAY_BYTES}")

@@ -62,3 +62,40 @@ def unclaimed_history(history: Sequence[Segment], claims: Sequence[SignedClaim],
             else:
                 i += 1
     return charged[i:]
+
+
+def catch_up_segments(history: Sequence[Segment], claims: Sequence[SignedClaim], *, dataset: str,
+                      this_round: Segment) -> list[tuple[Segment, list[Segment]]]:
+    """The DP steps to claim before this round's own claim, each with the history up to and including it.
+
+    ``history`` is the accountant's after this round charged ``this_round`` (its steps are the last
+    ones charged); everything charged but unclaimed before that (rounds that crashed or whose reply
+    was refused after charging) is returned as one segment per (noise, rate) run, with the charged
+    history up to its end (to compute the cumulative epsilon such a claim must state).
+
+    Raises
+    ------
+    AccountingError
+        If the claims are not a prefix of the history, or the history does not end with this round's steps.
+    """
+    unclaimed = unclaimed_history(history, claims, dataset=dataset)
+    sigma, q, steps = this_round
+    if not unclaimed or unclaimed[-1][:2] != (float(sigma), float(q)) or unclaimed[-1][2] < steps:
+        raise AccountingError(
+            f"dataset {dataset}: the durable accountant does not end with this round's {steps} steps at noise "
+            f"{sigma}, rate {q}; it and the reply disagree, so no claim is signed"
+        )
+    last_sigma, last_q, last_steps = unclaimed[-1]
+    earlier = unclaimed[:-1] + ([(last_sigma, last_q, last_steps - steps)] if last_steps > steps else [])
+    charged = _runs(history)
+    claimed = charged[: len(charged) - len(unclaimed)]
+    if unclaimed and charged[len(charged) - len(unclaimed)][2] != unclaimed[0][2]:
+        # The first unclaimed run was split: its claimed part closes the claimed prefix.
+        first = charged[len(charged) - len(unclaimed)]
+        claimed.append((first[0], first[1], first[2] - unclaimed[0][2]))
+    out: list[tuple[Segment, list[Segment]]] = []
+    upto = list(claimed)
+    for segment in earlier:
+        upto = upto + [segment]
+        out.append((segment, list(upto)))
+    return out

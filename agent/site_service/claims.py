@@ -10,24 +10,38 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from agent.config import SiteConfig
 from protocols.tasks import PrivacyUnit, Task
+
+if TYPE_CHECKING:
+    from agent.ledger import SiteClaimLog
+    from protocols.ledger import DpSgdMechanism, SignedClaim
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class PendingClaim:
-    """Signed claim bytes and the action that records them in the site's claim log."""
+    """Signed claim bytes and the action that records them in the site's claim log.
+
+    ``prior`` are signed claims to deliver before ``payload``, oldest first: claims already in the
+    site's log that the coordinator does not hold (resent), then new catch-up claims for DP steps
+    charged in rounds that never replied (recorded by ``commit`` together with ``payload``).
+    """
 
     payload: bytes
     commit: Callable[[], None]
+    prior: tuple[bytes, ...] = ()
 
 
 def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClaim | None:
     """Sign a claim for a train or synthesize reply described by ``fields`` (reply field names).
+
+    With ``ledger_claims_held`` in ``fields`` (from the train instruction), the site's claims from
+    that position on are resent; DP steps its accountant charged that no claim records are claimed
+    before the reply's own claim (see :class:`PendingClaim`).
 
     Raises
     ------
@@ -35,7 +49,7 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
         If the site key exists but cannot be loaded (mode, passphrase).
     """
     from agent.ledger import SiteClaimLog, claim_log_path, load_site_key, sign_claim, site_key_path
-    from protocols.ledger import Artifact, ArtifactKind, DpSgdMechanism, MechanismKind, PlainMechanism
+    from protocols.ledger import Artifact, ArtifactKind, DpSgdMechanism, MechanismKind, PlainMechanism, make_claim
 
     if not site_key_path(site.state.keys, site.site_id).is_file():
         log.warning("no site signing key; the reply carries no ledger claim (run `anonfed site enroll`)")
@@ -51,7 +65,6 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
             delta=float(fields["delta"]), unit=PrivacyUnit(fields["unit"]), accountant=str(fields["accountant"]),  # type: ignore[arg-type]
         )
         cumulative = float(fields["epsilon_cumulative"])  # type: ignore[arg-type]
-        epsilon = max(0.0, cumulative - previous)
         artifact = Artifact(f"weights-r{fields['round']}", ArtifactKind.WEIGHTS, str(fields["weights_sha256"]),
                             int(fields["size"]))  # type: ignore[arg-type]
         task = Task(fields["task"])  # dpgan or stylegan-dp: both DP-SGD, both in the site's accountant
@@ -61,13 +74,63 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
         artifact = Artifact(f"samples-r{fields['round']}", ArtifactKind.SYNTHETIC, str(fields["samples_sha256"]),
                             int(fields["size"]))  # type: ignore[arg-type]
         task = Task.SYNTHESIZE
-    claim = claim_log.new_claim(
-        run_id=str(fields["run_id"]), round=int(fields["round"]), site=site.site_id, key_id=key.key_id,  # type: ignore[arg-type]
-        task=task, dataset=dataset, mechanism=mechanism, epsilon=epsilon, cumulative_epsilon=cumulative,
-        artifacts=(artifact,),
-    )
-    signed = sign_claim(claim, key)
-    return PendingClaim(signed.to_bytes(), lambda: claim_log.record(signed))
+    common = dict(run_id=str(fields["run_id"]), round=int(fields["round"]), site=site.site_id,  # type: ignore[arg-type]
+                  key_id=key.key_id, task=task, dataset=dataset)
+    resent = _claims_to_resend(claim_log, fields.get("ledger_claims_held"))
+    seq, prev = claim_log.next_seq, claim_log.last_hash
+    new: list[SignedClaim] = []
+    if isinstance(mechanism, DpSgdMechanism):
+        # Steps charged by rounds that never replied are claimed first, so the ledger's epsilon
+        # stays recomputable from its mechanisms (the coordinator refuses it otherwise).
+        for catch_up, cumulative_then in _catch_up(site, dataset, claim_log, mechanism):
+            claim = make_claim(site_seq=seq, site_prev=prev, mechanism=catch_up, epsilon=max(0.0, cumulative_then - previous),
+                               cumulative_epsilon=cumulative_then, **common)  # type: ignore[arg-type]
+            new.append(sign_claim(claim, key))
+            seq, prev, previous = seq + 1, claim.claim_hash, cumulative_then
+        epsilon = max(0.0, cumulative - previous)
+    claim = make_claim(site_seq=seq, site_prev=prev, mechanism=mechanism, epsilon=epsilon, cumulative_epsilon=cumulative,
+                       artifacts=(artifact,), **common)  # type: ignore[arg-type]
+    new.append(sign_claim(claim, key))
+
+    def commit() -> None:
+        for signed in new:
+            claim_log.record(signed)
+
+    return PendingClaim(new[-1].to_bytes(), commit, tuple(resent + [c.to_bytes() for c in new[:-1]]))
+
+
+def _claims_to_resend(claim_log: "SiteClaimLog", held: object) -> list[bytes]:
+    """Claims of the site's log from the position the coordinator's ledger has reached."""
+    if held is None:
+        return []
+    held = int(held)  # type: ignore[call-overload]
+    if held > claim_log.next_seq:
+        log.warning("the coordinator's ledger holds %d claims of this site but its claim log only %d; "
+                    "the site's claim log is incomplete", held, claim_log.next_seq)
+        return []
+    resent = [c.to_bytes() for c in claim_log.since(held)]
+    if resent:
+        log.info("resending %d claim(s) the coordinator's ledger does not hold", len(resent))
+    return resent
+
+
+def _catch_up(site: SiteConfig, dataset: str, claim_log: "SiteClaimLog",
+              mechanism: "DpSgdMechanism") -> list[tuple["DpSgdMechanism", float]]:
+    """(mechanism, cumulative epsilon after it) for every charged-but-unclaimed run before this round."""
+    from agent.dp.accounting import epsilon_of
+    from agent.ledger.catch_up import catch_up_segments
+    from agent.training.local_round import open_accountant
+
+    accountant = open_accountant(site, dataset)
+    plan = catch_up_segments(accountant.history, claim_log.claims(), dataset=dataset,
+                             this_round=(mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps))
+    out = []
+    for (sigma, q, steps), upto in plan:
+        log.warning("claiming %d DP steps (noise %g, rate %g) charged by an earlier round that never replied", steps, sigma, q)
+        # The accountant keeps (noise, rate, steps) only: clip norm and unit are this round's.
+        catch_up = dataclasses.replace(mechanism, noise_multiplier=sigma, sample_rate=q, steps=steps)
+        out.append((catch_up, float(epsilon_of(upto, delta=accountant.delta, kind=accountant.kind))))
+    return out
 
 
 def _last_cumulative(claim_log: object, dataset: str) -> float:

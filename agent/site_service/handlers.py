@@ -120,8 +120,10 @@ def handle_train(
         if sign_claim is not None:
             size = len(m.canonical_weights_bytes(out_weights))
             pending = sign_claim(site, {**fields, "kind": "train", "unit": terms.unit.value,
-                                        "dataset_id": ins.dataset_id, "size": size})
-        reply = m.TrainReply(**fields, claim=pending.payload if pending else None)
+                                        "dataset_id": ins.dataset_id, "size": size,
+                                        "ledger_claims_held": ins.ledger_claims_held})
+        reply = m.TrainReply(**fields, claim=pending.payload if pending else None,
+                             prior_claims=(pending.prior or None) if pending else None)
         metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         policy = EgressPolicy(
             expected_weights=EgressPolicy.weights_spec(

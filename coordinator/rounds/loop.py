@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -37,9 +37,17 @@ from protocols.tasks import Task
 
 log = logging.getLogger(__name__)
 
-#: Receives every reply that carries a signed claim, with the site it came from; raises
-#: IntegrityError (or another AnonfedError) to reject the reply.
-ClaimSink = Callable[[str, m.WireMessage], None]
+class ClaimSink(Protocol):
+    """The coordinator's ledger as the round loop sees it."""
+
+    def __call__(self, site: str, reply: m.WireMessage) -> None:
+        """Record the signed claims of a reply from ``site`` (its ``prior_claims``, then its ``claim``);
+        raise IntegrityError (or another AnonfedError) to reject the reply."""
+
+    def claims_held(self, site: str) -> int:
+        """How many of ``site``'s claims the ledger holds (sent with each train instruction)."""
+
+
 Progress = Callable[[str], None]
 
 
@@ -129,7 +137,7 @@ def run_federation(
             break
         say(f"round {rnd}/{plan.rounds}: training at {', '.join(sites[n] for n in chosen)}")
         instruction = plan.train_instruction(rnd)
-        requests = {n: m.Envelope(instruction, weights) for n in chosen}
+        requests = {n: m.Envelope(_for_site(instruction, sites[n], on_claim), weights) for n in chosen}
         t0 = time.perf_counter()
         replies = transport.exchange(requests, round_=rnd, timeout_s=plan.reply_timeout_s)
         timing.wait_s = time.perf_counter() - t0
@@ -173,6 +181,13 @@ def run_federation(
         run_id=plan.run_id, rounds_completed=completed, stop_reason=stop_reason, sites=dict(sites),
         budget=budget.snapshot(), refusals=refusals, outputs=outputs, timings=timings, weights=weights,
     )
+
+
+def _for_site(instruction: m.TrainInstruction, site: str, on_claim: ClaimSink | None) -> m.TrainInstruction:
+    """The round's instruction with how many of ``site``'s claims the ledger holds (so it resends the rest)."""
+    if on_claim is None:
+        return instruction
+    return dataclasses.replace(instruction, ledger_claims_held=on_claim.claims_held(site))
 
 
 def _identify_sites(transport: SiteTransport, plan: FederationPlan, budget: ConsortiumBudget, say: Progress) -> dict[int, str]:

@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from coordinator.budget import ConsortiumBudget
 from coordinator.rounds.loop import ClaimSink, FederationResult, run_federation, write_weights
@@ -32,6 +32,11 @@ from protocols import messages as m
 from protocols.atomic_files import write_text_atomic
 from protocols.errors import IntegrityError
 from protocols.tasks import Task
+
+if TYPE_CHECKING:
+    from coordinator.ledger import Ledger
+    from protocols.ledger import SignedClaim
+    from protocols.signing import VerifyKey
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +103,6 @@ def _ledger_sink(paths: SessionPaths, say) -> Iterator[ClaimSink | None]:
         yield None
         return
     from coordinator.ledger import Ledger
-    from protocols.ledger import SignedClaim
     from protocols.signing import load_key_directory, load_private_key
 
     key = load_private_key(paths.keys / COORDINATOR_KEY)
@@ -106,17 +110,38 @@ def _ledger_sink(paths: SessionPaths, say) -> Iterator[ClaimSink | None]:
     paths.ledger.parent.mkdir(parents=True, exist_ok=True)
 
     with Ledger.open(paths.ledger, key) as ledger:
+        yield _LedgerSink(ledger, site_keys, say)
 
-        def on_claim(site: str, reply: m.WireMessage) -> None:
-            signed = SignedClaim.from_bytes(reply.claim)  # type: ignore[attr-defined]
-            check_claim_matches_reply(signed.claim, site, reply)
-            if site not in site_keys:
-                raise IntegrityError(f"no public key for site {site} in the keys folder; enroll the site first")
-            entry = ledger.append_site_claim(signed, site_keys[site])
-            say(f"ledger entry {entry.seq}: {site} {signed.claim.mechanism.kind.value}, "
-                f"cumulative epsilon {signed.claim.cumulative_epsilon:.4g}")
 
-        yield on_claim
+class _LedgerSink:
+    """Appends the claims of accepted replies to the ledger (see :class:`ClaimSink`)."""
+
+    def __init__(self, ledger: "Ledger", site_keys: Mapping[str, "VerifyKey"], say: Callable[[str], None]) -> None:
+        self.ledger, self.site_keys, self.say = ledger, site_keys, say
+
+    def claims_held(self, site: str) -> int:
+        return self.ledger.site_state(site).next_seq
+
+    def __call__(self, site: str, reply: m.WireMessage) -> None:
+        from protocols.ledger import SignedClaim
+
+        signed = SignedClaim.from_bytes(reply.claim)  # type: ignore[attr-defined]
+        check_claim_matches_reply(signed.claim, site, reply)
+        if site not in self.site_keys:
+            raise IntegrityError(f"no public key for site {site} in the keys folder; enroll the site first")
+        for raw in getattr(reply, "prior_claims", None) or ():
+            prior = SignedClaim.from_bytes(raw)
+            if prior.claim.site != site:
+                raise IntegrityError(f"a prior claim in the reply of {site} is for site {prior.claim.site}")
+            if prior.claim.site_seq < self.claims_held(site):
+                continue  # already recorded (resent because an earlier reply seemed lost)
+            self._append(site, prior, "earlier claim")
+        self._append(site, signed, "")
+
+    def _append(self, site: str, signed: "SignedClaim", what: str) -> None:
+        entry = self.ledger.append_site_claim(signed, self.site_keys[site])
+        self.say(f"ledger entry {entry.seq}: {site} {what + ' ' if what else ''}{signed.claim.mechanism.kind.value}, "
+                 f"cumulative epsilon {signed.claim.cumulative_epsilon:.4g}")
 
 
 def check_claim_matches_reply(claim: object, site: str, reply: m.WireMessage) -> None:

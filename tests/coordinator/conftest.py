@@ -33,7 +33,7 @@ class InProcessTransport:
     """node id -> (site config, engine); requests dispatched like the ClientApp does.
 
     ``sign_claim`` is passed to the train handler (e.g. the site's real ledger signer). Train
-    requests' arrays and train replies are kept by (round, node) for tests that check aggregation.
+    requests (instruction and arrays) and train replies are kept by (round, node) for tests that check aggregation.
     """
 
     def __init__(self, nodes: Mapping[int, tuple[object, object]], *, sign_claim=None) -> None:
@@ -42,6 +42,7 @@ class InProcessTransport:
         self.sent: list[tuple[int, str, int]] = []
         self.ksalsa_task = None  # a fake k-SALSA release function, when a test needs one
         self.train_requests: dict[tuple[int, int], dict] = {}
+        self.train_instructions: dict[tuple[int, int], m.TrainInstruction] = {}
         self.train_replies: dict[tuple[int, int], m.Envelope] = {}
 
     def node_ids(self) -> list[int]:
@@ -55,6 +56,7 @@ class InProcessTransport:
             self.sent.append((node, wire.message.KIND, round_))
             if isinstance(wire.message, m.TrainInstruction):
                 self.train_requests[(round_, node)] = dict(wire.arrays)
+                self.train_instructions[(round_, node)] = wire.message
                 reply = handle_train(site, wire, engine=engine, sign_claim=self.sign_claim)
             elif isinstance(wire.message, m.SynthesizeQuery):
                 reply = handle_synthesize(site, wire, engine=engine)

@@ -143,3 +143,20 @@ def test_canonical_hashes_are_order_and_endianness_independent() -> None:
     w3 = {"x": a.copy(), "y": a + 1}
     w3["x"][0, 0] = 1e-7
     assert m.weights_sha256(w1) != m.weights_sha256(w3)
+
+
+def test_prior_claims_and_claims_held_travel_and_are_bounded() -> None:
+    ins = _instruction(ledger_claims_held=3)
+    assert m.from_recorddict(m.to_recorddict(m.Envelope(ins))).message == ins
+    assert "ledger_claims_held" not in _instruction().to_config()  # no ledger: nothing to say
+    reply = _train_reply(prior_claims=(b"resent", b"catch-up"))
+    back = m.from_recorddict(m.to_recorddict(m.Envelope(reply, {"w": np.zeros(2, np.float32)})), expect=(m.TrainReply,))
+    assert back.message.prior_claims == (b"resent", b"catch-up")
+    with pytest.raises(MessageSchemaError, match="ledger_claims_held must be >= 0"):
+        _instruction(ledger_claims_held=-1)
+    with pytest.raises(MessageSchemaError, match="prior_claims need the reply's own claim"):
+        _train_reply(claim=None, prior_claims=(b"x",))
+    with pytest.raises(MessageSchemaError, match="an item of 'prior_claims' holds"):
+        _train_reply(prior_claims=(b"x" * (m.MAX_BYTES + 1),))
+    with pytest.raises(MessageSchemaError, match="tuple of bytes"):
+        _train_reply(prior_claims=("text",))

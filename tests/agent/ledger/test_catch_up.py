@@ -39,3 +39,29 @@ def test_failed_round_leaves_charged_steps_to_claim() -> None:
 def test_claims_the_accountant_never_charged_are_refused() -> None:
     with pytest.raises(AccountingError, match="did not charge in that order"):
         unclaimed_history([(1.1, 0.05, 40)], _claims([(1.1, 0.05, 50)]), dataset="tof")
+
+
+def test_catch_up_claims_what_failed_rounds_charged_before_this_round() -> None:
+    from agent.ledger.catch_up import catch_up_segments
+
+    # Claimed: 40 steps. Then a round of 20 crashed, one at another noise crashed, and this round ran 20.
+    history = [(1.1, 0.05, 40), (1.1, 0.05, 20), (0.9, 0.1, 10), (1.1, 0.05, 20)]
+    plan = catch_up_segments(history, _claims([(1.1, 0.05, 40)]), dataset="tof", this_round=(1.1, 0.05, 20))
+    assert plan == [((1.1, 0.05, 20), [(1.1, 0.05, 40), (1.1, 0.05, 20)]),
+                    ((0.9, 0.1, 10), [(1.1, 0.05, 40), (1.1, 0.05, 20), (0.9, 0.1, 10)])]
+    # A crashed round with this round's mechanism merges with it; only its own steps are caught up.
+    merged = catch_up_segments([(1.1, 0.05, 40), (1.1, 0.05, 30), (1.1, 0.05, 20)], _claims([(1.1, 0.05, 40)]),
+                               dataset="tof", this_round=(1.1, 0.05, 20))
+    assert merged == [((1.1, 0.05, 30), [(1.1, 0.05, 40), (1.1, 0.05, 30)])]
+    assert catch_up_segments([(1.1, 0.05, 40), (1.1, 0.05, 20)], _claims([(1.1, 0.05, 40)]), dataset="tof",
+                             this_round=(1.1, 0.05, 20)) == []
+
+
+def test_catch_up_refuses_when_the_accountant_does_not_end_with_this_round() -> None:
+    from agent.ledger.catch_up import catch_up_segments
+
+    with pytest.raises(AccountingError, match="does not end with this round's 20 steps"):
+        catch_up_segments([(1.1, 0.05, 40), (0.9, 0.1, 10)], _claims([(1.1, 0.05, 40)]), dataset="tof",
+                          this_round=(1.1, 0.05, 20))
+    with pytest.raises(AccountingError, match="does not end with this round's"):
+        catch_up_segments([(1.1, 0.05, 40)], _claims([(1.1, 0.05, 40)]), dataset="tof", this_round=(1.1, 0.05, 20))

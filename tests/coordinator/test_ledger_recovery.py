@@ -1,0 +1,134 @@
+"""The ledger recovers from a lost reply and from a round that crashed after charging its DP steps.
+
+Real site handlers, the real StyleGAN engine (tiny 16 px model) and the site's real durable
+accountant and claim log; the coordinator's real ledger and the auditor's verify. Without the
+recovery, the round after a lost reply fails the site's claim chain ("claims missing") and the
+round after a crash states a cumulative epsilon its recorded mechanisms cannot explain: either
+way the site could never be recorded again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from agent.flower_client.enroll import enroll  # noqa: E402
+from agent.ledger import SiteClaimLog, claim_log_path  # noqa: E402
+from agent.site_service.claims import ledger_signer  # noqa: E402
+from agent.site_service.stylegan_engine import StyleGanEngine  # noqa: E402
+from agent.stylegan.config import TrainingConfig  # noqa: E402
+from agent.training.local_round import open_accountant  # noqa: E402
+from coordinator.audit.verify import verify  # noqa: E402
+from coordinator.deployment.pki import make_coordinator_ledger_key  # noqa: E402
+from coordinator.rounds import Failure, FederationPlan  # noqa: E402
+from coordinator.rounds.session import SessionPaths, run_session  # noqa: E402
+from protocols import messages as m  # noqa: E402
+from protocols.ledger import DpSgdMechanism, LedgerEntry  # noqa: E402
+from protocols.signing import load_key_directory  # noqa: E402
+from protocols.tasks import Task  # noqa: E402
+
+LOST_ROUND, CRASHED_ROUND = 2, 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_lost_reply_and_crashed_round_are_claimed_in_the_next_reply(tmp_path, tiny_fundus, transport_for) -> None:
+    keys = tmp_path / "coordinator-keys"
+    make_coordinator_ledger_key(keys)
+    site = _site(tmp_path / "site", "hospital-a")
+    shutil.copyfile(enroll(site).ledger_public_key, keys / "public" / f"{site.site_id}.pub")
+    engine = StyleGanEngine(load_images=lambda s: tiny_fundus, training=TrainingConfig(batch_size=4))
+    real_train = engine.train
+
+    def train(site_, **kw):
+        out = real_train(site_, **kw)  # the engine has charged and recorded the round's steps
+        if kw["instruction"].round == CRASHED_ROUND:
+            raise RuntimeError("power cut after the privacy spend was recorded")
+        return out
+
+    engine.train = train  # type: ignore[method-assign]
+    transport = transport_for({100: (site, engine)}, sign_claim=ledger_signer)
+    exchange = transport.exchange
+
+    def lossy_exchange(requests, *, round_, timeout_s):
+        replies = exchange(requests, round_=round_, timeout_s=timeout_s)
+        if round_ == LOST_ROUND:  # the site replied (and logged its claim); the reply never arrived
+            return {n: Failure(n, "connection reset") for n in replies}
+        return replies
+
+    transport.exchange = lossy_exchange
+    plan = FederationPlan(task=Task.STYLEGAN_DP, rounds=4, architecture="tiny16", patch_size=16, patches_per_volume=2,
+                          local_steps=2, target_epsilon=6.0, delta=1e-5, expected_batch_patients=3,
+                          dataset_id="fundus", consortium_budget=20.0, synth_count=0, run_id="run-recover")
+    out = tmp_path / "out"
+    result = run_session(transport, plan, SessionPaths(out, keys))
+
+    # Rounds 1 and 4 were aggregated; 2 was lost in transit, 3 was refused by the site.
+    assert [t.sites_trained for t in result.timings] == [1, 0, 0, 1]
+    assert [(r["round"], r["code"]) for r in result.refusals][:1] == [(LOST_ROUND, "transport")]
+    assert [r["round"] for r in result.refusals] == [LOST_ROUND, CRASHED_ROUND]
+    held = [ins.ledger_claims_held for _, ins in sorted(transport.train_instructions.items())]
+    assert held == [0, 1, 1, 1]  # the coordinator tells the site how many of its claims it holds
+
+    # The ledger holds every claim the site signed, in its order, and verifies.
+    ledger = out / "ledger" / "ledger.jsonl"
+    audit = verify(ledger, load_key_directory(keys / "public"))
+    assert audit.ok
+    claims = [LedgerEntry.from_line(line).claim for line in ledger.read_bytes().splitlines()]
+    site_log = [c.claim for c in SiteClaimLog(claim_log_path(site.state.root)).claims()]
+    assert claims == site_log
+    assert [c.site_seq for c in claims] == [0, 1, 2, 3]
+    assert [c.round for c in claims] == [1, LOST_ROUND, 4, 4]  # resent, then the catch-up, then round 4's own
+    assert [len(c.artifacts) for c in claims] == [1, 1, 0, 1]  # the crashed round released nothing
+    assert all(isinstance(c.mechanism, DpSgdMechanism) for c in claims)
+    accountant = open_accountant(site, "fundus")
+    assert sum(c.mechanism.steps for c in claims) == accountant.total_steps == 8  # every charged step is claimed
+    assert claims[-1].cumulative_epsilon == pytest.approx(accountant.epsilon(), rel=1e-9)
+    assert all(a.cumulative_epsilon < b.cumulative_epsilon for a, b in zip(claims, claims[1:]))
+
+
+def test_reply_with_a_prior_claim_of_another_site_is_rejected(tmp_path, tiny_fundus, transport_for) -> None:
+    keys = tmp_path / "coordinator-keys"
+    make_coordinator_ledger_key(keys)
+    sites = {}
+    for i, name in enumerate(("hospital-a", "hospital-b")):
+        site = _site(tmp_path / name, name)
+        shutil.copyfile(enroll(site).ledger_public_key, keys / "public" / f"{name}.pub")
+        sites[100 + i] = (site, StyleGanEngine(load_images=lambda s: tiny_fundus, training=TrainingConfig(batch_size=4)))
+    transport = transport_for(sites, sign_claim=ledger_signer)
+    exchange = transport.exchange
+
+    def smuggling_exchange(requests, *, round_, timeout_s):
+        replies = exchange(requests, round_=round_, timeout_s=timeout_s)
+        if round_ == 1:  # hospital-a's reply carries hospital-b's claim as an "earlier" claim
+            a, b = replies[100], replies[101]
+            forged = dataclasses.replace(a.message, prior_claims=(b.message.claim,))
+            replies[100] = m.Envelope(forged, a.arrays, a.metrics)
+        return replies
+
+    transport.exchange = smuggling_exchange
+    plan = FederationPlan(task=Task.STYLEGAN_DP, rounds=1, architecture="tiny16", patch_size=16, patches_per_volume=2,
+                          local_steps=1, target_epsilon=6.0, delta=1e-5, expected_batch_patients=3,
+                          dataset_id="fundus", consortium_budget=20.0, synth_count=0, run_id="run-smuggle")
+    result = run_session(transport, plan, SessionPaths(tmp_path / "out", keys))
+    rejected = [r for r in result.refusals if r["site"] == "hospital-a"]
+    assert rejected and "is for site hospital-b" in str(rejected[0]["reason"])
+    entries = (tmp_path / "out" / "ledger" / "ledger.jsonl").read_bytes().splitlines()
+    assert [LedgerEntry.from_line(e).claim.site for e in entries] == ["hospital-b"]
+
+
+def _site(root: Path, site_id: str):
+    from agent.config import parse_site_config
+
+    (root / "data").mkdir(parents=True)
+    raw = {"site_id": site_id, "sources": [{"path": "data"}], "state_dir": "state",
+           "privacy": {"max_epsilon": 12.0, "delta": 1e-5, "accepted_tasks": ["stylegan-dp"]}}
+    return parse_site_config(raw, base_dir=root)
