@@ -478,7 +478,7 @@ def from_recorddict(content: Any, *, expect: tuple[type[WireMessage], ...] | Non
 # -- canonical hashing of arrays -------------------------------------------------------------------
 def canonical_array_bytes(arr: np.ndarray) -> bytes:
     """The bytes hashed and stored for one array: ``.npy`` v1.0, little-endian, C order, no pickle."""
-    arr = np.ascontiguousarray(arr)
+    arr = np.require(arr, requirements="C")  # not ascontiguousarray: it turns shape () into (1,)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     buf = io.BytesIO()

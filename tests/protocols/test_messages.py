@@ -143,6 +143,9 @@ def test_canonical_hashes_are_order_and_endianness_independent() -> None:
     w3 = {"x": a.copy(), "y": a + 1}
     w3["x"][0, 0] = 1e-7
     assert m.weights_sha256(w1) != m.weights_sha256(w3)
+    scalar = np.float32(0.5).reshape(())  # StyleGAN has 0-d parameters; the shape is part of the hash
+    assert m.array_sha256(scalar) != m.array_sha256(scalar.reshape(1))
+    assert m.array_sha256(scalar.astype(">f4")) == m.array_sha256(scalar)
 
 
 def test_prior_claims_and_claims_held_travel_and_are_bounded() -> None:
