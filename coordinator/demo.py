@@ -55,6 +55,14 @@ class DemoOptions:
     volume_size: int = 64
     ksalsa_k: int = 5  # k-anonymous fundus release per site after training (0: none)
     ksalsa_method: str = "k-same-pixel"  # needs no site models; `ksalsa` needs a trained StyleGAN + encoder
+    task: str = "dpgan"  # or "stylegan-dp": fundus StyleGAN2 (tiny16, 16 px) with a DP discriminator
+
+    def task_config(self) -> dict[str, object]:
+        """The Flower run-config keys that choose what the sites train."""
+        if self.task == "stylegan-dp":
+            return {"task": "stylegan-dp", "architecture": "tiny16", "patch-size": 16, "patches-per-volume": 2,
+                    "dataset-id": "fundus", "synth-count": 0}
+        return {"task": "dpgan", "patch-size": self.patch_size, "synth-count": self.synth_count}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +144,10 @@ def run_demo(opts: DemoOptions) -> int:
         for cfg in configs:
             site_key = _site_node_key(cfg)
             fed.start_supernode(cfg.stem, private_key=site_key, site_config=cfg)
-        step(f"started {len(configs)} SuperNodes; running {opts.rounds} DP-GAN round(s)")
+        step(f"started {len(configs)} SuperNodes; running {opts.rounds} {opts.task} round(s)")
         run = fed.run_app(APP_DIR, {
-            "num-rounds": opts.rounds, "local-steps": opts.local_steps, "patch-size": opts.patch_size,
-            "target-epsilon": opts.target_epsilon, "synth-count": opts.synth_count, "min-sites": len(configs),
+            "num-rounds": opts.rounds, "local-steps": opts.local_steps, **opts.task_config(),
+            "target-epsilon": opts.target_epsilon, "min-sites": len(configs),
             "ksalsa-k": opts.ksalsa_k, "ksalsa-method": opts.ksalsa_method,
             "output-dir": str(paths.output), "keys-dir": str(paths.keys),
         }, timeout_s=opts.timeout_s)

@@ -187,7 +187,7 @@ def _write_site_config(out: Path, site_id: str) -> None:
         "  delta: 1.0e-5",
         "  unit: patient",
         "  min_k: 5",
-        "  accepted_tasks: [dpgan, synthesize, ksalsa]",
+        "  accepted_tasks: [dpgan, stylegan-dp, synthesize, ksalsa]",
         "",
     ])
     write_text_atomic(out / "configs" / f"{site_id}.yaml", text)

@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Run the whole system on loopback: generate the phantom consortium, ingest every site, create "
             "certificates and keys, start a SuperLink (TLS, SuperNode authentication, state database) and one "
-            "SuperNode per site, run federated DP-GAN rounds, collect synthetic outputs with a synthesize "
-            "query, verify the privacy ledger and export the synthetic dataset. Every step runs as a child "
+            "SuperNode per site, run federated DP-GAN (or, with --task stylegan-dp, DP StyleGAN2) rounds, "
+            "collect synthetic outputs with a synthesize query, verify the privacy ledger and export the synthetic dataset. Every step runs as a child "
             "process; all are stopped on success, failure or Ctrl-C."
         ),
     )
@@ -23,9 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
     p.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
     p.add_argument("--local-steps", type=int, default=2, help="DP critic steps per site per round (default 2)")
-    p.add_argument("--patch-size", type=int, default=32, choices=(32, 64), help="patch edge in pixels (default 32)")
+    p.add_argument("--task", default="dpgan", choices=("dpgan", "stylegan-dp"),
+                   help="what the sites train: dpgan (TOF image+label patches, then a synthesize query; default) or "
+                        "stylegan-dp (StyleGAN2 on the fundus photographs, discriminator under per-patient DP-SGD; "
+                        "the CPU-scale tiny16 configuration at 16 px; the aggregated weights are the release)")
+    p.add_argument("--patch-size", type=int, default=32, choices=(32, 64), help="dpgan patch edge in pixels (default 32)")
     p.add_argument("--target-epsilon", type=float, default=8.0, help="per-site target epsilon for the run (default 8)")
-    p.add_argument("--synth-count", type=int, default=16, help="synthetic pairs collected per site (default 16)")
+    p.add_argument("--synth-count", type=int, default=16, help="dpgan: synthetic pairs collected per site (default 16)")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds (default 1800)")
     p.set_defaults(handler=_demo)
 
@@ -65,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     opts = DemoOptions(out=args.out, sites=args.sites, rounds=args.rounds, local_steps=args.local_steps,
                        patch_size=args.patch_size, target_epsilon=args.target_epsilon, synth_count=args.synth_count,
-                       timeout_s=args.timeout)
+                       timeout_s=args.timeout, task=args.task)
     return run_demo(opts)
 
 

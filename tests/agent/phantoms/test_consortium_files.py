@@ -136,7 +136,7 @@ def test_site_configs_load(phantom_consortium: ConsortiumSummary) -> None:
         assert cfg.state.root == (phantom_consortium.root / "state" / site_id).resolve()
         p = cfg.privacy
         assert (p.max_epsilon, p.delta, p.unit, p.min_k) == (8.0, 1e-5, PrivacyUnit.PATIENT, 5)
-        assert p.accepted_tasks == {Task.DPGAN, Task.SYNTHESIZE, Task.KSALSA}
+        assert p.accepted_tasks == {Task.DPGAN, Task.STYLEGAN_DP, Task.SYNTHESIZE, Task.KSALSA}
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) not installed")
