@@ -18,7 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["TEMP_GLOB", "atomic_write", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+
+#: What an interrupted write leaves behind (``.<name>.<random>.tmp`` next to ``<name>``): callers
+#: that own a folder remove these on start-up.
+TEMP_GLOB = ".*.tmp"
 
 
 def fsync_folder(folder: Path) -> None:

@@ -3,8 +3,8 @@
 Invariants
 ----------
 - A file appears in the staging folder only complete: written to a temp file in the same folder,
-  fsync'd, then renamed (``os.replace``). An interrupted sync leaves at most stray ``.part`` files,
-  which are removed on the next run and never ingested (ingest skips dot-files).
+  fsync'd, then renamed (``os.replace``). An interrupted sync leaves at most stray temp files
+  (``.<name>.<random>.tmp``), which are removed on the next run and never ingested (ingest skips dot-files).
 - An instance is recorded in the sync state (SQLite, outside the staging folder so ingest never
   sees it) only after its file is in place, so the record never claims more than the disk holds.
   A crash between rename and record is repaired on the next run by reading the file back.
@@ -19,7 +19,6 @@ import datetime
 import hashlib
 import io
 import logging
-import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -29,6 +28,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from agent.pacs.query import InstanceRef
+from protocols.atomic_files import TEMP_GLOB, write_bytes_atomic
 from protocols.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class Staging:
                 "the next sync retries it"
             ) from exc
         path = self.path_for(ref)
-        _atomic_write(path, data)
+        write_bytes_atomic(path, data)
         self._record(ref, path, len(data))
         return StagedInstance(ref, path, len(data))
 
@@ -192,7 +192,7 @@ class Staging:
         return dict(zip(("started_at", "ended_at", "status", "found", "retrieved"), row))
 
     def _remove_partial_files(self) -> None:
-        for part in self.folder.rglob(".*.part"):
+        for part in self.folder.rglob(TEMP_GLOB):
             part.unlink(missing_ok=True)
 
 
@@ -202,18 +202,3 @@ def _sop_uid_of(data: bytes) -> str | None:
         return str(ds.SOPInstanceUID)
     except Exception:  # noqa: BLE001 - any unreadable file is simply not recovered
         return None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.part")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -86,7 +86,7 @@ def test_sync_retrieves_everything_then_nothing(
     second = sync_source(cfg, source)
     assert second.retrieved == 0 and second.bytes_retrieved == 0
     assert second.already_staged == len(expected)
-    assert not list(source.path.rglob("*.part"))
+    assert not list(source.path.rglob("*.tmp"))
 
 
 class FailingAfter:
@@ -157,7 +157,7 @@ def test_crash_between_write_and_record_is_recovered(
     with Staging.open(source.path, state_file(cfg, source)) as staging:
         forgotten = sorted(staging.known_sop_uids())[:2]
         staging._db.executemany("DELETE FROM instances WHERE sop_uid = ?", [(u,) for u in forgotten])
-    stray = next(source.path.rglob("*.dcm")).parent / ".half-written.dcm.1.part"
+    stray = next(source.path.rglob("*.dcm")).parent / ".half-written.dcm.1a2b3c.tmp"
     stray.write_bytes(b"DICM-truncated")
     again = sync_source(cfg, source)
     assert again.recovered == 2 and again.retrieved == 0
@@ -302,4 +302,4 @@ def test_sync_killed_mid_transfer_resumes(
     assert resumed.retrieved == total - before  # nothing that survived the kill is fetched again
     assert resumed.already_staged + resumed.recovered == before
     assert staged_sop_uids(staging) == input_sop_uids(pacs_input_files)
-    assert not list(staging.rglob("*.part"))
+    assert not list(staging.rglob("*.tmp"))
