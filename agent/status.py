@@ -60,7 +60,7 @@ class AgentStatus:
     catalog: dict[str, Any] | None
     budgets: tuple[BudgetStatus, ...]
     max_epsilon: float
-    last_round: dict[str, Any] | None
+    last_rounds: dict[str, dict[str, Any]]  # task -> the last round this site trained for it
     pacs: tuple[PacsStatus, ...]
 
     @property
@@ -102,12 +102,11 @@ class AgentStatus:
                 f"privacy budget [{b.dataset_id}]: epsilon used {eps} of {b.max_epsilon:g}, left {b.left:.3f} "
                 f"(delta {b.delta:g}, {b.steps} DP-SGD steps, {b.accountant} accountant)"
             )
-        if self.last_round is None:
+        if not self.last_rounds:
             lines.append("last round: none")
-        else:
-            r = self.last_round
+        for task, r in sorted(self.last_rounds.items()):
             lines.append(
-                f"last round: {r.get('round')} of run {r.get('run_id')} ({r.get('architecture', '?')}, "
+                f"last {task} round: {r.get('round')} of run {r.get('run_id')} ({r.get('architecture', '?')}, "
                 f"dataset {r.get('dataset_id', '?')}, cumulative epsilon {r.get('epsilon_cumulative', '?')})"
             )
         for p in self.pacs:
@@ -128,7 +127,7 @@ def gather_status(cfg: SiteConfig, *, probe_pacs: bool = True) -> AgentStatus:
         catalog=_catalog_counts(cfg),
         budgets=tuple(_budgets(cfg)),
         max_epsilon=cfg.privacy.max_epsilon,
-        last_round=_last_round(cfg),
+        last_rounds=_last_rounds(cfg),
         pacs=pacs,
     )
 
@@ -210,16 +209,20 @@ def _budget_of(path: Path, cfg: SiteConfig) -> BudgetStatus:
         return BudgetStatus(dataset_id, math.inf, max_eps, delta, 0, "?", error=str(exc))
 
 
-def _last_round(cfg: SiteConfig) -> dict[str, Any] | None:
-    path = cfg.state.root / "federation" / "last_model.json"
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {"round": "?", "run_id": "unreadable last_model.json"}
-    keys = ("run_id", "round", "dataset_id", "architecture", "epsilon_cumulative", "num_patients")
-    return {k: doc.get(k) for k in keys}
+def _last_rounds(cfg: SiteConfig) -> dict[str, dict[str, Any]]:
+    # One record per task, as SiteState.model_slot names them: last_model.json (dpgan) and
+    # last_model-<task>.json (stylegan-dp, ...).
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted((cfg.state.root / "federation").glob("last_model*.json")):
+        task = path.stem.partition("-")[2] or "dpgan"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            out[task] = {"round": "?", "run_id": f"unreadable {path.name}"}
+            continue
+        keys = ("run_id", "round", "dataset_id", "architecture", "epsilon_cumulative", "num_patients")
+        out[task] = {k: doc.get(k) for k in keys}
+    return out
 
 
 def _pacs_status(cfg: SiteConfig, source: PacsSource, *, probe: bool) -> PacsStatus:

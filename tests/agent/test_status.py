@@ -53,13 +53,15 @@ def test_status_reports_catalog_budget_round_and_pacs(phantom_site: Path, capsys
     fed = cfg.state.root / "federation"
     fed.mkdir(parents=True)
     (fed / "last_model.json").write_text(json.dumps({"run_id": "r-1", "round": 3, "dataset_id": "tof", "architecture": "wgan-gp"}))
+    (fed / "last_model-stylegan-dp.json").write_text(json.dumps({"run_id": "r-2", "round": 2, "dataset_id": "fundus",
+                                                                 "architecture": "tiny16"}))
 
     status = gather_status(cfg)
     assert status.catalog is not None and status.catalog["patients"] == ingest.patients
     assert sum(status.catalog["files"].values()) > 0
     (budget,) = status.budgets
     assert budget.epsilon == pytest.approx(spent) and budget.left == pytest.approx(8.0 - spent)
-    assert status.last_round["round"] == 3  # type: ignore[index]
+    assert status.last_rounds["dpgan"]["round"] == 3 and status.last_rounds["stylegan-dp"]["round"] == 2
     (pacs,) = status.pacs
     assert pacs.reachable is False and "cannot reach DICOMweb server" in pacs.detail
     assert not status.healthy
@@ -67,6 +69,7 @@ def test_status_reports_catalog_budget_round_and_pacs(phantom_site: Path, capsys
     assert main(["agent", "status", "--config", str(phantom_site), "--check"]) == 1
     text = capsys.readouterr().out
     assert f"epsilon used {spent:.3f} of 8, left {8.0 - spent:.3f}" in text
+    assert "last dpgan round: 3 of run r-1" in text and "last stylegan-dp round: 2 of run r-2 (tiny16" in text
     assert "pacs gone (dicomweb http://127.0.0.1:9/dicom-web): UNREACHABLE" in text
     assert main(["agent", "status", "--config", str(phantom_site), "--json", "--no-pacs", "--check"]) == 0
     doc = json.loads(capsys.readouterr().out)
