@@ -433,6 +433,10 @@ def merge(paths: list[Path], out: Path, tag: str, *, real_from: Path | None = No
     doc["command"] = " ; ".join(d["command"] for d in docs) + f" ; then --merge {' '.join(p.name for p in paths)}"
     doc["seconds_total"] = max(d["seconds_total"] for d in docs)
     doc["real_rows_per_part"] = [r["dsc"]["mean"] for d in docs for r in d["results"] if r["name"] == "real"]
+    doc["parts"] = [{"tag": d["config"].get("tag", ""), "file": p.name, "seconds_total": d.get("seconds_total"),
+                     "cpu_seconds_total": d.get("cpu_seconds_total"),
+                     "load_average_1_5_15_start": d.get("load_average_1_5_15_start"),
+                     "load_average_1_5_15_end": d.get("load_average_1_5_15_end")} for p, d in zip(paths, docs)]
     if real_from is not None:
         doc["command"] += f" --real-from {real_from.name}"
     doc["results"] = results
@@ -466,9 +470,10 @@ def markdown(doc: dict) -> str:
         + f"{c['patients']} phantom patients ({c['test_patients']} test, {c['val_patients']} validation), volumes "
         f"{c['volume_size']}^3, {c['patch']}x{c['patch']} patches, {c['architecture']} with {c['gan_steps']} critic steps "
         f"(width {c['gan_width']}), U-Net {c['unet_steps']} steps on {c['synthetic_n']} synthetic pairs; FID/KID on "
-        f"{c['fid_n']} images per side ({doc['fid_network']}). Total {doc['seconds_total']} s on {doc['threads']} thread(s)"
+        f"{c['fid_n']} images per side ({doc['fid_network']}). {'Longest part' if 'parts' in doc else 'Total'} {doc['seconds_total']} s on {doc['threads']} thread(s)"
         + (f"; load average (1/5/15 min) {doc['load_average_1_5_15_start']} at start, {doc['load_average_1_5_15_end']} at end."
-           if "load_average_1_5_15_start" in doc else "."),
+           if "load_average_1_5_15_start" in doc and "parts" not in doc
+           else ("; every part's own wall/CPU seconds and load average are in the last table." if "parts" in doc else ".")),
         "",
         "| part | training data | epsilon | unit | noise mult. | q | critic steps / width | DSC mean +- SD | DSC / real | HD95 mm mean +- SD | FID | KID | GAN s (CPU s) | U-Net s (CPU s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -480,6 +485,7 @@ def markdown(doc: dict) -> str:
         fmt = lambda s: "n/a" if s["mean"] is None else f"{s['mean']:.3f} +- {s['sd'] or 0:.3f}"
         hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
         part = r.get("part", c.get("tag", "")) + (f" (snapshot of {r['snapshot_of_steps']})" if r.get("snapshot_of_steps") else "")
+        part += "" if r.get("label_bias") is None else f" [label bias {r['label_bias']:g}]"
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
@@ -487,6 +493,11 @@ def markdown(doc: dict) -> str:
             f"{fmt(d)} | {num(r['dsc_ratio_to_real'], '.3f')} | {hd_s} | "
             f"{num(r.get('fid'), '.1f')} | {num(r.get('kid'), '.4f')} | {secs(r, 'gan')} | {secs(r, 'unet')} |"
         )
+    if doc.get("parts"):  # merged report: every process's own time and machine load
+        lines += ["", "| part file | wall s | CPU s | load average 1/5/15 min at start | at end |", "|---|---|---|---|---|"]
+        lines += [f"| {q['file']} | {num(q['seconds_total'], '.0f')} | {num(q['cpu_seconds_total'], '.0f')} | "
+                  f"{q['load_average_1_5_15_start'] or 'not recorded'} | {q['load_average_1_5_15_end'] or 'not recorded'} |"
+                  for q in doc["parts"]]
     return "\n".join(lines) + "\n"
 
 
