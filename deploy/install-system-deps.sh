@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite drives for real (PACS, DICOM validator, browser).
+# Installs the Debian packages the test suite drives for real (PACS and its TLS front, DICOM validator, browser).
 # Idempotent: does nothing when everything is already present.
 set -euo pipefail
 need=()
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || need+=(orthanc)
 # The plugin is a separate package: a machine can have Orthanc without DICOMweb.
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+{ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || need+=(nginx-light)  # TLS front for Orthanc in tests
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
