@@ -147,8 +147,7 @@ class TrainInstruction(WireMessage):
     def validate(self) -> None:
         _positive(self, "round", "patch_size", "patches_per_volume", "local_steps", "total_planned_steps")
         _positive(self, "expected_batch_patients", "max_grad_norm")
-        if self.ledger_claims_held is not None and self.ledger_claims_held < 0:
-            raise MessageSchemaError(f"{self.KIND}: ledger_claims_held must be >= 0, got {self.ledger_claims_held}")
+        _claims_held(self)
         if self.local_steps > self.total_planned_steps:
             raise MessageSchemaError(
                 f"{self.KIND}: local_steps ({self.local_steps}) must not exceed total_planned_steps "
@@ -178,9 +177,11 @@ class SynthesizeQuery(WireMessage):
     seed: int
     architecture: str
     patch_size: int
+    ledger_claims_held: int | None = None  # as in TrainInstruction
 
     def validate(self) -> None:
         _positive(self, "count", "patch_size")
+        _claims_held(self)
         if self.count > 10_000:
             raise MessageSchemaError(f"{self.KIND}: count is at most 10000 per query, got {self.count}")
 
@@ -200,8 +201,10 @@ class KsalsaQuery(WireMessage):
     method: str
     steps: int
     dataset_id: str
+    ledger_claims_held: int | None = None  # as in TrainInstruction
 
     def validate(self) -> None:
+        _claims_held(self)
         if self.k < 2:
             raise MessageSchemaError(f"{self.KIND}: k must be >= 2, got {self.k}")
         if self.method not in KSALSA_METHODS:
@@ -253,8 +256,7 @@ class TrainReply(WireMessage):
     def validate(self) -> None:
         _site_id(self)
         _sha(self, "weights_sha256")
-        if self.prior_claims and self.claim is None:
-            raise MessageSchemaError(f"{self.KIND}: prior_claims need the reply's own claim")
+        _prior_claims(self)
         _positive(self, "num_patients")
         if self.task in FEDERATED_TRAINING_TASKS:
             for name in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm", "accountant"):
@@ -288,10 +290,12 @@ class SynthesizeReply(WireMessage):
     unit: PrivacyUnit
     samples_sha256: str
     claim: bytes | None
+    prior_claims: tuple[bytes, ...] | None = None  # claims the coordinator lacks (resent), as in TrainReply
 
     def validate(self) -> None:
         _site_id(self)
         _sha(self, "samples_sha256")
+        _prior_claims(self)
         _positive(self, "count")
 
 
@@ -316,10 +320,12 @@ class KsalsaReply(WireMessage):
     images_sha256: str
     guarantee: str
     claim: bytes | None
+    prior_claims: tuple[bytes, ...] | None = None  # claims the coordinator lacks (resent), as in TrainReply
 
     def validate(self) -> None:
         _site_id(self)
         _sha(self, "images_sha256")
+        _prior_claims(self)
         _positive(self, "count")
         if len(self.cluster_sizes) != self.count or len(self.majority_grades) != self.count:
             raise MessageSchemaError(
@@ -594,6 +600,17 @@ def _positive(msg: WireMessage, *names: str) -> None:
         value = getattr(msg, name)
         if value is not None and not value > 0:
             raise MessageSchemaError(f"{msg.KIND}: field {name!r} must be > 0, got {value!r}")
+
+
+def _claims_held(msg: WireMessage) -> None:
+    held = getattr(msg, "ledger_claims_held")
+    if held is not None and held < 0:
+        raise MessageSchemaError(f"{msg.KIND}: ledger_claims_held must be >= 0, got {held}")
+
+
+def _prior_claims(msg: WireMessage) -> None:
+    if getattr(msg, "prior_claims") and getattr(msg, "claim") is None:
+        raise MessageSchemaError(f"{msg.KIND}: prior_claims need the reply's own claim")
 
 
 def _site_id(msg: WireMessage) -> None:

@@ -99,6 +99,17 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
     return PendingClaim(new[-1].to_bytes(), commit, tuple(resent + [c.to_bytes() for c in new[:-1]]))
 
 
+def with_resent_claims(site: SiteConfig, pending: PendingClaim | None, held: int | None) -> PendingClaim | None:
+    """``pending`` with the site's logged claims from position ``held`` on as prior claims (see
+    :func:`ledger_signer`); for releases whose claim is signed elsewhere (k-SALSA)."""
+    if pending is None or held is None:
+        return pending
+    from agent.ledger import SiteClaimLog, claim_log_path
+
+    resent = _claims_to_resend(SiteClaimLog(claim_log_path(site.state.root)), held)
+    return dataclasses.replace(pending, prior=tuple(resent) + pending.prior) if resent else pending
+
+
 def _claims_to_resend(claim_log: "SiteClaimLog", held: object) -> list[bytes]:
     """Claims of the site's log from the position the coordinator's ledger has reached."""
     if held is None:

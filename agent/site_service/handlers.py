@@ -17,7 +17,7 @@ from agent.config import SiteConfig
 from agent.guard import EgressPolicy, check_outgoing, find_identifying_text, real_fingerprints
 from agent.guard.egress import SITE_ONLY_TASKS
 from agent.site_service import policy as site_policy
-from agent.site_service.claims import PendingClaim
+from agent.site_service.claims import PendingClaim, with_resent_claims
 from agent.site_service.engine import TrainingEngine
 from agent.site_service.state import ModelRecord, SiteState
 from protocols import errors
@@ -168,8 +168,10 @@ def handle_synthesize(
         pending = None
         if sign_claim is not None:
             pending = sign_claim(site, {**fields, "kind": "synthesize", "unit": record.unit,
+                                        "ledger_claims_held": query.ledger_claims_held,
                                         "dataset_id": record.dataset_id, "size": len(m.canonical_array_bytes(samples))})
-        reply = m.SynthesizeReply(**fields, claim=pending.payload if pending else None)
+        reply = m.SynthesizeReply(**fields, claim=pending.payload if pending else None,
+                                  prior_claims=(pending.prior or None) if pending else None)
         policy = EgressPolicy(
             synthetic_patch_size=record.patch_size,
             real_fingerprints=state.load_fingerprints(),
@@ -202,14 +204,14 @@ def handle_ksalsa(site: SiteConfig, request: m.Envelope, *, run_task: KsalsaRunn
         outcome = run_task(site, req)
         fields = dict(outcome.reply_fields(site.site_id, req))  # type: ignore[attr-defined]
         images = np.asarray(outcome.images)  # type: ignore[attr-defined]
-        pending = outcome.claim  # type: ignore[attr-defined]
+        pending = with_resent_claims(site, outcome.claim, query.ledger_claims_held)  # type: ignore[attr-defined]
         reply = m.KsalsaReply(
             run_id=str(fields["run_id"]), round=int(fields["round"]), site_id=site.site_id, k=int(fields["k"]),
             min_k=int(fields["min_k"]), method=str(fields["method"]), count=int(fields["count"]),
             cluster_sizes=tuple(int(n) for n in fields["cluster_sizes"]),
             majority_grades=tuple(-1 if g is None else int(g) for g in fields["majority_grades"]),
             images_sha256=str(fields["images_sha256"]), guarantee=str(fields["guarantee"]),
-            claim=pending.payload if pending else None,
+            claim=pending.payload if pending else None, prior_claims=(pending.prior or None) if pending else None,
         )
         policy = EgressPolicy(site_min_k=site.privacy.min_k, blocked_log=SiteState(site).blocked_log)
         return _guarded(site, m.Envelope(reply, {"images": images}), policy, query, query.round, pending)

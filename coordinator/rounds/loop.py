@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import typing
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
@@ -183,11 +184,14 @@ def run_federation(
     )
 
 
-def _for_site(instruction: m.TrainInstruction, site: str, on_claim: ClaimSink | None) -> m.TrainInstruction:
-    """The round's instruction with how many of ``site``'s claims the ledger holds (so it resends the rest)."""
+_Request = typing.TypeVar("_Request", m.TrainInstruction, m.SynthesizeQuery, m.KsalsaQuery)
+
+
+def _for_site(request: _Request, site: str, on_claim: ClaimSink | None) -> _Request:
+    """``request`` with how many of ``site``'s claims the ledger holds (so the site resends the rest)."""
     if on_claim is None:
-        return instruction
-    return dataclasses.replace(instruction, ledger_claims_held=on_claim.claims_held(site))
+        return request
+    return dataclasses.replace(request, ledger_claims_held=on_claim.claims_held(site))
 
 
 def _identify_sites(transport: SiteTransport, plan: FederationPlan, budget: ConsortiumBudget, say: Progress) -> dict[int, str]:
@@ -292,7 +296,8 @@ def _collect_outputs(
     say(f"collecting {plan.synth_count} synthetic pairs from each of {len(nodes)} site(s)")
     timing = RoundTiming(rnd)
     t_round = time.perf_counter()
-    requests = {n: m.Envelope(plan.synthesize_query(rnd, i)) for i, n in enumerate(nodes)}
+    requests = {n: m.Envelope(_for_site(plan.synthesize_query(rnd, i), sites[n], on_claim))
+                for i, n in enumerate(nodes)}
     t0 = time.perf_counter()
     replies = transport.exchange(requests, round_=rnd, timeout_s=plan.reply_timeout_s)
     timing.wait_s = time.perf_counter() - t0
@@ -344,8 +349,8 @@ def _collect_ksalsa(
     timing = RoundTiming(rnd)
     t_round = time.perf_counter()
     t0 = time.perf_counter()
-    replies = transport.exchange({n: m.Envelope(plan.ksalsa_query(rnd)) for n in sites}, round_=rnd,
-                                 timeout_s=plan.reply_timeout_s)
+    requests = {n: m.Envelope(_for_site(plan.ksalsa_query(rnd), sites[n], on_claim)) for n in sites}
+    replies = transport.exchange(requests, round_=rnd, timeout_s=plan.reply_timeout_s)
     timing.wait_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     outputs = []

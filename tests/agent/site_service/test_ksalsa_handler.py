@@ -86,3 +86,29 @@ def test_handler_refuses_policy_and_undersized_groups(site) -> None:
     assert out.message.code == "k-anonymity" and not out.arrays  # type: ignore[union-attr]
     out = handle_ksalsa(site, _query(), run_task=lambda s, req: _Release(_images(), (5, 3)))
     assert out.message.code == "bad-message" and not out.arrays  # type: ignore[union-attr]
+
+
+def test_release_resends_the_claims_the_coordinator_lacks(site) -> None:
+    from agent.ledger import SiteClaimLog, claim_log_path
+    from agent.site_service.claims import PendingClaim
+    from protocols.ledger import GENESIS, MechanismKind, PlainMechanism, make_claim, sign_claim
+    from protocols.signing import SigningKey
+    from protocols.tasks import Task
+
+    key, log = SigningKey.generate(), SiteClaimLog(claim_log_path(site.state.root))
+    signed, prev = [], GENESIS
+    for seq in range(3):
+        claim = make_claim(run_id="run-1", round=seq, site=site.site_id, site_seq=seq, site_prev=prev, key_id=key.key_id,
+                           task=Task.SYNTHESIZE, dataset="fundus", mechanism=PlainMechanism(MechanismKind.POST_PROCESSING),
+                           epsilon=0.0, cumulative_epsilon=0.0)
+        signed.append(sign_claim(claim, key))
+        prev = claim.claim_hash
+    for s in signed[:2]:  # two claims logged (sent earlier); the third is this release's
+        log.record(s)
+    imgs = _images()
+    release = _Release(imgs, (5, 6), PendingClaim(signed[2].to_bytes(), lambda: None))
+    for held, expected in ((1, (signed[1].to_bytes(),)), (2, None), (None, None)):
+        query = dataclasses.replace(_query().message, ledger_claims_held=held)
+        out = handle_ksalsa(site, m.Envelope(query), run_task=lambda s, req: release)
+        assert isinstance(out.message, m.KsalsaReply), out.message
+        assert out.message.prior_claims == expected and out.message.claim == signed[2].to_bytes()
