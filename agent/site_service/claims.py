@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Claims resent in one reply at most (~1 KB each): a ledger far behind catches up over several replies.
+MAX_RESENT_CLAIMS = 1000
+
 
 @dataclasses.dataclass(frozen=True)
 class PendingClaim:
@@ -119,9 +122,10 @@ def _claims_to_resend(claim_log: "SiteClaimLog", held: object) -> list[bytes]:
         log.warning("the coordinator's ledger holds %d claims of this site but its claim log only %d; "
                     "the site's claim log is incomplete", held, claim_log.next_seq)
         return []
-    resent = [c.to_bytes() for c in claim_log.since(held)]
+    missing = claim_log.since(held)
+    resent = [c.to_bytes() for c in missing[:MAX_RESENT_CLAIMS]]  # the oldest first; the rest next time
     if resent:
-        log.info("resending %d claim(s) the coordinator's ledger does not hold", len(resent))
+        log.info("resending %d of %d claim(s) the coordinator's ledger does not hold", len(resent), len(missing))
     return resent
 
 

@@ -88,7 +88,7 @@ def test_handler_refuses_policy_and_undersized_groups(site) -> None:
     assert out.message.code == "bad-message" and not out.arrays  # type: ignore[union-attr]
 
 
-def test_release_resends_the_claims_the_coordinator_lacks(site) -> None:
+def test_release_resends_the_claims_the_coordinator_lacks(site, monkeypatch) -> None:
     from agent.ledger import SiteClaimLog, claim_log_path
     from agent.site_service.claims import PendingClaim
     from protocols.ledger import GENESIS, MechanismKind, PlainMechanism, make_claim, sign_claim
@@ -112,3 +112,8 @@ def test_release_resends_the_claims_the_coordinator_lacks(site) -> None:
         out = handle_ksalsa(site, m.Envelope(query), run_task=lambda s, req: release)
         assert isinstance(out.message, m.KsalsaReply), out.message
         assert out.message.prior_claims == expected and out.message.claim == signed[2].to_bytes()
+    # A ledger far behind catches up over several replies, oldest claims first.
+    monkeypatch.setattr("agent.site_service.claims.MAX_RESENT_CLAIMS", 1)
+    query = dataclasses.replace(_query().message, ledger_claims_held=0)
+    out = handle_ksalsa(site, m.Envelope(query), run_task=lambda s, req: release)
+    assert out.message.prior_claims == (signed[0].to_bytes(),)
