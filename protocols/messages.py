@@ -32,7 +32,10 @@ from protocols.errors import MessageSchemaError
 from protocols.tasks import PrivacyUnit, Task
 
 SCHEMA_NAME = "anonfed.messages"
-SCHEMA_VERSION = 1
+# 2: train/synthesize/k-SALSA requests say how many of the site's claims the ledger holds
+#    (ledger_claims_held) and replies may carry the claims it lacks (prior_claims). A side that
+#    reads 1 would refuse those fields as unknown; the version makes the refusal say why.
+SCHEMA_VERSION = 2
 
 #: The only scalar value types any message field may hold (bool is checked before int).
 SCALAR_TYPES: tuple[type, ...] = (bool, int, float, str, bytes)

@@ -115,9 +115,9 @@ def test_flower_decode_rejects_foreign_content() -> None:
     content["raw"] = ConfigRecord({"x": 1})
     with pytest.raises(MessageSchemaError, match="unknown record 'raw'"):
         m.from_recorddict(content)
-    old = RecordDict({"header": ConfigRecord({"schema": m.SCHEMA_NAME, "schema-version": 0, "kind": "refusal"}),
-                      "body": ConfigRecord({})})
-    with pytest.raises(MessageSchemaError, match="version 0"):
+    old = RecordDict({"header": ConfigRecord({"schema": m.SCHEMA_NAME, "schema-version": 1, "kind": "refusal"}),
+                      "body": ConfigRecord({})})  # an agent from before the claims-recovery fields
+    with pytest.raises(MessageSchemaError, match="version 1; upgrade the older side"):
         m.from_recorddict(old)
     with pytest.raises(MessageSchemaError, match="not an anonfed message"):
         m.from_recorddict(RecordDict({"body": ConfigRecord({})}))
