@@ -514,14 +514,20 @@ def plot(results: list[dict], path: Path) -> None:
     inf = [r for r in results if r.get("epsilon_target") == "inf"]
     xs_all = sorted({r["epsilon_target"] for r in finite})
     x_inf = (max(xs_all) * 2) if xs_all else 1.0
+    def x_of(r: dict) -> float:  # a snapshot's guarantee is the epsilon spent up to it, not the run's target
+        return r["epsilon_spent"] if r.get("snapshot_of_steps") else r["epsilon_target"]
+
+    def tag_of(r: dict) -> str:
+        return f"{r['gan_steps']}" + ("" if r.get("label_bias") is None else f" lb{r['label_bias']:g}")
+
     for unit, style in (("patient", "o"), ("image", "s")):
-        rows = sorted((r for r in finite if r["unit"] == unit), key=lambda r: r["epsilon_target"])
+        rows = sorted((r for r in finite if r["unit"] == unit), key=x_of)
         if rows:  # markers only: a merged report may hold several runs (lengths, populations) per epsilon
-            ax.plot([r["epsilon_target"] for r in rows], [r["dsc"]["mean"] or 0 for r in rows], style, alpha=0.8,
+            ax.plot([x_of(r) for r in rows], [r["dsc"]["mean"] or 0 for r in rows], style, alpha=0.8,
                     label=f"DP, {unit} unit")
             for r in rows:
                 if r.get("gan_steps"):
-                    ax.annotate(f"{r['gan_steps']}", (r["epsilon_target"], r["dsc"]["mean"] or 0), fontsize=6,
+                    ax.annotate(tag_of(r), (x_of(r), r["dsc"]["mean"] or 0), fontsize=6,
                                 xytext=(4, 2), textcoords="offset points")
     for r in inf:
         ax.plot([x_inf], [r["dsc"]["mean"] or 0], "k*", ms=10, label="no DP (eps = inf)" if r is inf[0] else None)
@@ -529,7 +535,8 @@ def plot(results: list[dict], path: Path) -> None:
             ax.annotate(f"{r['gan_steps']}", (x_inf, r["dsc"]["mean"] or 0), fontsize=6, xytext=(4, 2),
                         textcoords="offset points")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("epsilon (delta = 1e-5); star = no privacy guarantee; labels = critic steps")
+    ax.set_xlabel("epsilon spent (delta = 1e-5); star = no privacy guarantee\nlabels = critic steps (lb = label-bias init)",
+                  fontsize=8)
     ax.set_ylabel("test DSC (U-Net on synthetic pairs)")
     ax.legend(fontsize=8)
     fig.tight_layout()
