@@ -3,11 +3,11 @@ inference, and seconds per released average; for k in {2, 5, 10} and all four me
 
 Two stages (both CPU, OMP_NUM_THREADS=1)::
 
-    .venv/bin/python benchmarks/ksalsa_eval.py train --work /tmp/ksalsa-bench --gan-minutes 35 --encoder-minutes 10
-    .venv/bin/python benchmarks/ksalsa_eval.py eval  --work /tmp/ksalsa-bench --out benchmarks/results/ksalsa
+    .venv/bin/python benchmarks/ksalsa_eval.py train --work /tmp/ksalsa-bench --gan-minutes 72 --encoder-minutes 12 --channel-base 1024 --r1-interval 16 --fid-every-minutes 12
+    .venv/bin/python benchmarks/ksalsa_eval.py eval  --work /tmp/ksalsa-bench --out benchmarks/results/ksalsa/RUN --opt-steps 200 --opt-feature-resolution 64
 
-``train`` fits the site's StyleGAN2 (preset small64, 64 px, local mode) and ReStyle encoder on the
-*site* images for a fixed wall-clock budget; weights stay in ``--work`` (never committed).
+``train`` fits the site's StyleGAN2 (64 px, local mode; ``--channel-base 2048`` is preset small64)
+and ReStyle encoder on the *site* images for a fixed wall-clock budget; weights stay in ``--work`` (never committed).
 ``eval`` releases one image per group with every method and measures, against *held-out* real
 phantom images of other patients:
 
@@ -303,7 +303,8 @@ def evaluate(args: argparse.Namespace) -> None:
     for k in [int(x) for x in args.ks.split(",")]:
         for method in METHODS:
             avg = make_averages(data.site, method=method, k=k, inverter=inverter, features=features,
-                                settings=AlignmentSettings(steps=args.steps), ws=ws)
+                                settings=AlignmentSettings(steps=args.steps, content_weight=args.content_weight,
+                                                           style_weight=args.style_weight), ws=ws)
             groups = [list(g.indices) for g in avg.clustering.groups]
             labels = np.array([majority_grade([site_grades[i] for i in g], [site_keys[i] for i in g]) for g in groups])
             synth_emb = embed(avg.images)
@@ -342,7 +343,8 @@ def _write_all(out: Path, args: argparse.Namespace, work: Path, data: Data, site
         "command": " ".join(["OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ksalsa_eval.py", *sys.argv[1:]]),
         "train": json.loads((work / "models" / "train.json").read_text()) if (work / "models" / "train.json").exists() else None,
         "site_images": len(data.site), "site_patients": len(set(site_keys)), "heldout_images": len(data.heldout),
-        "resolution": RESOLUTION, "alignment_steps": args.steps, "torch_threads": torch.get_num_threads(),
+        "resolution": RESOLUTION, "alignment_steps": args.steps,
+        "content_weight": getattr(args, "content_weight", None), "style_weight": getattr(args, "style_weight", None), "torch_threads": torch.get_num_threads(),
         "machine": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "reference": reference, "rows": rows}, indent=2) + "\n")
@@ -450,6 +452,10 @@ def main() -> None:
                                       help="score 100 EMA samples against the held-out images this often (0: never)")
     sub.choices["eval"].add_argument("--out", default="benchmarks/results/ksalsa")
     sub.choices["eval"].add_argument("--steps", type=int, default=100)
+    sub.choices["eval"].add_argument("--content-weight", type=float, default=AlignmentSettings.content_weight,
+                                     help="k-SALSA content weight (published 1e2)")
+    sub.choices["eval"].add_argument("--style-weight", type=float, default=AlignmentSettings.style_weight,
+                                     help="k-SALSA style weight (published 1e-6)")
     sub.choices["eval"].add_argument("--opt-steps", type=int, default=0,
                                      help="per-image latent optimisation steps after the encoder (0: encoder only)")
     sub.choices["eval"].add_argument("--opt-feature-resolution", type=int, default=128,
