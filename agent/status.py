@@ -210,18 +210,21 @@ def _budget_of(path: Path, cfg: SiteConfig) -> BudgetStatus:
 
 
 def _last_rounds(cfg: SiteConfig) -> dict[str, dict[str, Any]]:
-    # One record per task, as SiteState.model_slot names them: last_model.json (dpgan) and
-    # last_model-<task>.json (stylegan-dp, ...).
+    from agent.site_service.state import SiteState
+    from protocols.messages import FEDERATED_TRAINING_TASKS
+
     out: dict[str, dict[str, Any]] = {}
-    for path in sorted((cfg.state.root / "federation").glob("last_model*.json")):
-        task = path.stem.partition("-")[2] or "dpgan"
+    for task in FEDERATED_TRAINING_TASKS:
+        path = cfg.state.root / "federation" / f"{SiteState.model_slot(task)}.json"
+        if not path.is_file():
+            continue
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            out[task] = {"round": "?", "run_id": f"unreadable {path.name}"}
+            out[task.value] = {"round": "?", "run_id": f"unreadable {path.name}"}
             continue
         keys = ("run_id", "round", "dataset_id", "architecture", "epsilon_cumulative", "num_patients")
-        out[task] = {k: doc.get(k) for k in keys}
+        out[task.value] = {k: doc.get(k) for k in keys}
     return out
 
 

@@ -41,11 +41,7 @@ def unclaimed_history(history: Sequence[Segment], claims: Sequence[SignedClaim],
         accountant never charged, or in another order).
     """
     charged = _runs(history)
-    claimed = _runs([
-        (c.claim.mechanism.noise_multiplier, c.claim.mechanism.sample_rate, c.claim.mechanism.steps)
-        for c in claims
-        if c.claim.dataset == dataset and isinstance(c.claim.mechanism, DpSgdMechanism)
-    ])
+    claimed = _claimed_runs(claims, dataset)
     i = 0
     for sigma, q, steps in claimed:
         while steps:
@@ -87,15 +83,16 @@ def catch_up_segments(history: Sequence[Segment], claims: Sequence[SignedClaim],
         )
     last_sigma, last_q, last_steps = unclaimed[-1]
     earlier = unclaimed[:-1] + ([(last_sigma, last_q, last_steps - steps)] if last_steps > steps else [])
-    charged = _runs(history)
-    claimed = charged[: len(charged) - len(unclaimed)]
-    if unclaimed and charged[len(charged) - len(unclaimed)][2] != unclaimed[0][2]:
-        # The first unclaimed run was split: its claimed part closes the claimed prefix.
-        first = charged[len(charged) - len(unclaimed)]
-        claimed.append((first[0], first[1], first[2] - unclaimed[0][2]))
-    out: list[tuple[Segment, list[Segment]]] = []
-    upto = list(claimed)
-    for segment in earlier:
-        upto = upto + [segment]
-        out.append((segment, list(upto)))
-    return out
+    # The claims are the accountant's prefix (checked above), so they and the catch-ups so far are
+    # the history each catch-up claim's cumulative epsilon covers.
+    claimed = _claimed_runs(claims, dataset)
+    return [(segment, claimed + earlier[: i + 1]) for i, segment in enumerate(earlier)]
+
+
+def _claimed_runs(claims: Sequence[SignedClaim], dataset: str) -> list[Segment]:
+    """The DP-SGD segments the ``claims`` of ``dataset`` record, merged into runs."""
+    return _runs([
+        (c.claim.mechanism.noise_multiplier, c.claim.mechanism.sample_rate, c.claim.mechanism.steps)
+        for c in claims
+        if c.claim.dataset == dataset and isinstance(c.claim.mechanism, DpSgdMechanism)
+    ])

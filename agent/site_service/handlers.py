@@ -122,8 +122,7 @@ def handle_train(
             pending = sign_claim(site, {**fields, "kind": "train", "unit": terms.unit.value,
                                         "dataset_id": ins.dataset_id, "size": size,
                                         "ledger_claims_held": ins.ledger_claims_held})
-        reply = m.TrainReply(**fields, claim=pending.payload if pending else None,
-                             prior_claims=(pending.prior or None) if pending else None)
+        reply = m.TrainReply(**fields, **_claim_fields(pending))
         metrics = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         policy = EgressPolicy(
             expected_weights=EgressPolicy.weights_spec(
@@ -170,8 +169,7 @@ def handle_synthesize(
             pending = sign_claim(site, {**fields, "kind": "synthesize", "unit": record.unit,
                                         "ledger_claims_held": query.ledger_claims_held,
                                         "dataset_id": record.dataset_id, "size": len(m.canonical_array_bytes(samples))})
-        reply = m.SynthesizeReply(**fields, claim=pending.payload if pending else None,
-                                  prior_claims=(pending.prior or None) if pending else None)
+        reply = m.SynthesizeReply(**fields, **_claim_fields(pending))
         policy = EgressPolicy(
             synthetic_patch_size=record.patch_size,
             real_fingerprints=state.load_fingerprints(),
@@ -211,7 +209,7 @@ def handle_ksalsa(site: SiteConfig, request: m.Envelope, *, run_task: KsalsaRunn
             cluster_sizes=tuple(int(n) for n in fields["cluster_sizes"]),
             majority_grades=tuple(-1 if g is None else int(g) for g in fields["majority_grades"]),
             images_sha256=str(fields["images_sha256"]), guarantee=str(fields["guarantee"]),
-            claim=pending.payload if pending else None, prior_claims=(pending.prior or None) if pending else None,
+            **_claim_fields(pending),
         )
         policy = EgressPolicy(site_min_k=site.privacy.min_k, blocked_log=SiteState(site).blocked_log)
         return _guarded(site, m.Envelope(reply, {"images": images}), policy, query, query.round, pending)
@@ -245,6 +243,13 @@ def refusal(site: SiteConfig, request: m.WireMessage, round_: int, exc: BaseExce
             run_id=run_id if _safe(run_id) else "unknown", round=int(round_), site_id=site.site_id,
             request_kind=request.KIND, code=code, exit_code=exit_code, reason=_WITHHELD, epsilon_cumulative=None,
         ))
+
+
+def _claim_fields(pending: PendingClaim | None) -> dict[str, object]:
+    """The ``claim`` and ``prior_claims`` fields of a reply carrying ``pending`` (None: no ledger)."""
+    if pending is None:
+        return {"claim": None, "prior_claims": None}
+    return {"claim": pending.payload, "prior_claims": pending.prior or None}
 
 
 def _guarded(

@@ -20,9 +20,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import typing
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol, TypeVar
 
 import numpy as np
 
@@ -184,7 +183,7 @@ def run_federation(
     )
 
 
-_Request = typing.TypeVar("_Request", m.TrainInstruction, m.SynthesizeQuery, m.KsalsaQuery)
+_Request = TypeVar("_Request", m.TrainInstruction, m.SynthesizeQuery, m.KsalsaQuery)
 
 
 def _for_site(request: _Request, site: str, on_claim: ClaimSink | None) -> _Request:

@@ -140,6 +140,12 @@ def test_identifiers_in_metric_names_and_claims_are_blocked() -> None:
         check_outgoing(m.Envelope(_train_reply(w, claim=b"\x89PNG\r\n"), w), _policy())
     ok = json.dumps({"site": "hospital-a", "weights_sha256": "ab" * 32, "signature": "Zm9v" * 20}).encode()
     check_outgoing(m.Envelope(_train_reply(w, claim=ok), w), _policy())
+    # Resent and catch-up claims leave the site too: each gets the same checks as the reply's own.
+    with pytest.raises(EgressBlockedError, match="claim field"):
+        check_outgoing(m.Envelope(_train_reply(w, claim=ok, prior_claims=(ok, claim)), w), _policy())
+    with pytest.raises(EgressBlockedError, match="not UTF-8 JSON"):
+        check_outgoing(m.Envelope(_train_reply(w, claim=ok, prior_claims=(b"\x89PNG\r\n",)), w), _policy())
+    check_outgoing(m.Envelope(_train_reply(w, claim=ok, prior_claims=(ok, ok)), w), _policy())
 
 
 def test_mutated_frozen_message_and_requests_are_blocked() -> None:
