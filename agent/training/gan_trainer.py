@@ -13,8 +13,10 @@ that the accountant assumes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import math
 import os
 from typing import Any
 
@@ -52,12 +54,30 @@ class Hyperparameters:
     # Initial pre-tanh bias of the generator's label channel (None keeps the default init). Negative
     # values start the label channel at background; a data-free choice, so it costs no privacy.
     generator_label_bias: float | None = None
+    # Decay of an exponential moving average (Polyak averaging) of the generator's weights, or None
+    # (off). Post-processing of the generator, which only ever sees the (DP) critic: no privacy cost.
+    # See GanTrainer for what it changes (only what is sampled locally).
+    generator_ema: float | None = None
 
     def __post_init__(self) -> None:
         if self.n_critic < 1 or self.batch_size < 1 or self.patches_per_patient < 1:
             raise BadInputError("n_critic, batch_size and patches_per_patient must be >= 1")
         if self.generator_label_bias is not None and not np.isfinite(self.generator_label_bias):
             raise BadInputError(f"generator_label_bias must be finite, got {self.generator_label_bias}")
+        if self.generator_ema is not None and not (
+            isinstance(self.generator_ema, (int, float)) and math.isfinite(self.generator_ema) and 0.0 < self.generator_ema < 1.0
+        ):
+            raise BadInputError(
+                f"generator_ema: expected a decay strictly between 0 and 1 (e.g. 0.999) or None, got {self.generator_ema!r}"
+            )
+
+
+def ema_decay_at(decay: float, updates_done: int) -> float:
+    """Decay used for the EMA update after ``updates_done`` earlier updates: ``min(decay, (1+t)/(10+t))``.
+
+    The warm-up keeps the average from being dominated by the initial weights (t = 0 gives 0.1).
+    """
+    return min(decay, (1.0 + updates_done) / (10.0 + updates_done))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +128,17 @@ class GanTrainer:
         Seeds initialisation, latents and interpolation weights (never DP noise or sampling).
     weights:
         Optional starting weights (``generator.``/``critic.`` arrays).
+
+    Generator EMA (``hp.generator_ema``): a shadow copy of the generator, updated after every
+    generator step as ``ema = d_t * ema + (1 - d_t) * generator`` with
+    ``d_t = min(decay, (1 + t) / (10 + t))`` (``t`` = EMA updates done before), starting from the
+    generator's initial (or given) weights. It is post-processing of the generator, so it costs no
+    privacy. Decision on federated semantics: the EMA affects ONLY what is sampled locally
+    (:attr:`sampling_generator`, used for utility benchmarks); :meth:`weights` -- what a federated
+    round releases and FedAvg averages -- stays the raw generator, whose Adam state the next round
+    continues, and a trainer built from received ``weights`` starts its EMA from them. The EMA is
+    saved in :meth:`state_dict` so that a resumed run continues it exactly. Off (None) by default,
+    in which case nothing changes.
     """
 
     def __init__(
@@ -147,6 +178,11 @@ class GanTrainer:
             set_label_bias(generator, hp.generator_label_bias)
         self.generator = generator.to(self.device)
         self.critic = critic.to(self.device)
+        self.generator_ema: ConvGenerator | None = None
+        self.ema_updates = 0
+        if hp.generator_ema is not None:
+            self.generator_ema = copy.deepcopy(self.generator)
+            self.generator_ema.requires_grad_(False)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         betas = (hp.beta1, hp.beta2)
         self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=hp.generator_lr, betas=betas)
@@ -229,7 +265,24 @@ class GanTrainer:
         self.g_opt.step()
         self.g_opt.zero_grad(set_to_none=True)
         self.generator_steps += 1
+        self._update_ema()
         return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.generator_ema is None or self.hp.generator_ema is None:
+            return
+        d = ema_decay_at(self.hp.generator_ema, self.ema_updates)
+        for e, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            e.mul_(d).add_(p.detach(), alpha=1.0 - d)
+        for e, b in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            e.copy_(b)
+        self.ema_updates += 1
+
+    @property
+    def sampling_generator(self) -> ConvGenerator:
+        """The generator to sample from locally: the EMA copy when enabled, else the trained generator."""
+        return self.generator if self.generator_ema is None else self.generator_ema
 
     def train_iteration(self) -> dict[str, float]:
         """One critic step, plus a generator step every ``n_critic`` critic steps."""
@@ -243,12 +296,12 @@ class GanTrainer:
 
     # -- state --------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
-        """Current generator + critic weights as float32 arrays."""
+        """Current (raw, never EMA) generator + critic weights as float32 arrays: what FedAvg averages."""
         return pair_to_arrays(self.generator, self.critic)
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain numbers only (loadable with ``torch.load(weights_only=True)``)."""
-        return {
+        state: dict[str, Any] = {
             "generator": self.generator.state_dict(),
             "critic": self.critic.state_dict(),
             "g_opt": self.g_opt.state_dict(),
@@ -257,9 +310,26 @@ class GanTrainer:
             "critic_steps": self.critic_steps,
             "generator_steps": self.generator_steps,
         }
+        if self.generator_ema is not None:
+            state["generator_ema"] = self.generator_ema.state_dict()
+            state["ema_updates"] = self.ema_updates
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (DP noise and sampling get fresh OS randomness)."""
+        """Restore :meth:`state_dict` (DP noise and sampling get fresh OS randomness).
+
+        Raises
+        ------
+        BadInputError
+            If the state has a generator EMA and this trainer has none, or the other way round.
+        """
+        has_ema = "generator_ema" in state
+        if has_ema != (self.generator_ema is not None):
+            raise BadInputError(
+                "checkpoint and trainer disagree on the generator EMA: the checkpoint "
+                + ("has one but hp.generator_ema is None" if has_ema else "has none but hp.generator_ema is set")
+                + "; resume with the Hyperparameters the run was started with"
+            )
         self.generator.load_state_dict(state["generator"])
         self.critic.load_state_dict(state["critic"])
         self.g_opt.load_state_dict(state["g_opt"])
@@ -267,3 +337,6 @@ class GanTrainer:
         self.rng.set_state(state["rng"])
         self.critic_steps = int(state["critic_steps"])
         self.generator_steps = int(state["generator_steps"])
+        if self.generator_ema is not None:
+            self.generator_ema.load_state_dict(state["generator_ema"])
+            self.ema_updates = int(state["ema_updates"])

@@ -44,3 +44,68 @@ def test_the_label_bias_does_not_override_given_weights(patchset) -> None:
 def test_a_non_finite_label_bias_is_refused(bad: float) -> None:
     with pytest.raises(BadInputError):
         Hyperparameters(generator_label_bias=bad)
+
+
+# -- generator EMA (Polyak averaging) ---------------------------------------------------------------
+def _params(module) -> list[np.ndarray]:
+    return [p.detach().numpy().copy() for p in module.parameters()]
+
+
+def test_the_generator_ema_is_the_hand_computed_average_of_the_generator_steps(patchset) -> None:
+    decay = 0.9
+    trainer = _trainer(patchset, n_critic=1, generator_ema=decay)
+    expected = _params(trainer.generator)  # the EMA starts at the initial generator
+    assert all(np.array_equal(a, b) for a, b in zip(expected, _params(trainer.generator_ema)))
+    for t in range(4):
+        trainer.train_iteration()  # n_critic 1: one critic and one generator step
+        d = min(decay, (1 + t) / (10 + t))  # warm-up: 0.1, 2/11, 3/12, 4/13 (all below 0.9)
+        expected = [d * e + (1 - d) * g for e, g in zip(expected, _params(trainer.generator))]
+    assert trainer.ema_updates == trainer.generator_steps == 4
+    for e, got in zip(expected, _params(trainer.generator_ema)):
+        np.testing.assert_allclose(got, e, rtol=1e-5, atol=1e-6)
+    # the EMA differs from the raw generator, is what is sampled, and weights() stay the raw generator
+    assert trainer.sampling_generator is trainer.generator_ema
+    assert not all(np.array_equal(a, b) for a, b in zip(_params(trainer.generator), _params(trainer.generator_ema)))
+    raw = trainer.weights()
+    for name, p in trainer.generator.named_parameters():
+        assert np.array_equal(raw["generator." + name], p.detach().numpy())
+
+
+def test_without_ema_nothing_changes(patchset) -> None:
+    plain = _trainer(patchset)
+    assert plain.generator_ema is None and plain.sampling_generator is plain.generator
+    assert "generator_ema" not in plain.state_dict()
+
+
+def test_a_resumed_trainer_continues_the_ema_exactly(patchset, tmp_path) -> None:
+    from agent.training.checkpoints import load_checkpoint, save_checkpoint
+
+    first = _trainer(patchset, n_critic=1, generator_ema=0.99)
+    for _ in range(3):
+        first.train_iteration()
+    save_checkpoint(tmp_path / "ckpt.pt", first.state_dict())
+    resumed = _trainer(patchset, n_critic=1, generator_ema=0.99)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt"))
+    assert resumed.ema_updates == first.ema_updates == 3
+    for a, b in zip(_params(first.generator_ema), _params(resumed.generator_ema)):
+        assert np.array_equal(a, b)
+    for _ in range(2):  # non-DP training is deterministic from the seed: both continue identically
+        first.train_iteration()
+        resumed.train_iteration()
+    for a, b in zip(_params(first.generator_ema), _params(resumed.generator_ema)):
+        assert np.array_equal(a, b)
+
+
+def test_a_checkpoint_and_trainer_that_disagree_on_the_ema_are_refused(patchset) -> None:
+    with_ema = _trainer(patchset, generator_ema=0.99)
+    without = _trainer(patchset)
+    with pytest.raises(BadInputError):
+        without.load_state_dict(with_ema.state_dict())
+    with pytest.raises(BadInputError):
+        with_ema.load_state_dict(without.state_dict())
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.5, 1.5, math.nan, math.inf])
+def test_an_ema_decay_outside_0_1_is_refused(bad: float) -> None:
+    with pytest.raises(BadInputError, match="generator_ema"):
+        Hyperparameters(generator_ema=bad)
