@@ -48,6 +48,7 @@ class Reservation:
     unit: PrivacyUnit
     label: str  # what the steps were for (e.g. "round 3"); no patient data
     reserved_at: float  # unix time
+    max_grad_norm: float | None = None  # clip norm C; None in files written before it was recorded
 
     def as_entry(self) -> HistoryEntry:
         return (self.noise_multiplier, self.sample_rate, self.steps)
@@ -117,6 +118,7 @@ class DurableAccountant:
                     PrivacyUnit(e["unit"]),
                     str(e["label"]),
                     float(e["reserved_at"]),
+                    None if e.get("max_grad_norm") is None else float(e["max_grad_norm"]),
                 )
                 for e in doc["history"]
             ]
@@ -150,8 +152,12 @@ class DurableAccountant:
         unit: PrivacyUnit,
         max_epsilon: float,
         label: str = "",
+        max_grad_norm: float | None = None,
     ) -> float:
         """Durably charge ``steps`` steps before they run; return the new cumulative epsilon.
+
+        ``max_grad_norm`` (the clip norm the steps run with) is recorded so that a claim made later
+        for these steps, e.g. after a crash, states it; epsilon does not depend on it.
 
         Raises
         ------
@@ -182,7 +188,8 @@ class DurableAccountant:
                     f"policy max_epsilon={max_epsilon:g}; nothing was trained. Plan fewer steps or more noise, or "
                     "raise privacy.max_epsilon at the site"
                 )
-            reservation = Reservation(float(noise_multiplier), float(sample_rate), int(steps), PrivacyUnit(unit), label, time.time())
+            reservation = Reservation(float(noise_multiplier), float(sample_rate), int(steps), PrivacyUnit(unit), label,
+                                      time.time(), None if max_grad_norm is None else float(max_grad_norm))
             self._write(self.reservations + [reservation])
             self.reservations.append(reservation)
         log.info("reserved %d DP steps; cumulative epsilon now %.4g (delta %g)", steps, after, self.delta)
@@ -224,6 +231,7 @@ class DurableAccountant:
                     "unit": r.unit.value,
                     "label": r.label,
                     "reserved_at": r.reserved_at,
+                    "max_grad_norm": r.max_grad_norm,
                 }
                 for r in reservations
             ],

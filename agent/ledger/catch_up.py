@@ -10,28 +10,43 @@ recorded mechanisms give and the coordinator refuses it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Hashable, NamedTuple, Sequence
 
 from protocols.errors import AccountingError
 from protocols.ledger import DpSgdMechanism, SignedClaim
 
-Segment = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps), as the accountant keeps them
+Segment = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps): what composition needs
 
 
-def _runs(segments: Sequence[Segment]) -> list[Segment]:
-    """Merge consecutive segments with equal (noise, rate); composition does not see the split."""
-    out: list[Segment] = []
-    for sigma, q, steps in segments:
+class Charge(NamedTuple):
+    """A block of charged DP steps; ``terms`` is what else it was charged with (e.g. unit and clip norm).
+
+    Composition depends on (noise, rate, steps) only, so claims are matched on those; ``terms`` is
+    carried so that a catch-up claim states what was actually charged, not the reporting round's.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    terms: Hashable = None
+
+
+def _runs(segments: Sequence[Segment | Charge]) -> list[Charge]:
+    """Merge consecutive blocks with equal (noise, rate, terms); composition does not see the split."""
+    out: list[Charge] = []
+    for sigma, q, steps, *terms in segments:
         if steps <= 0 or sigma == 0:  # sigma 0 = a non-DP release, claimed as mechanism "none"
             continue
-        if out and out[-1][0] == sigma and out[-1][1] == q:
-            out[-1] = (sigma, q, out[-1][2] + steps)
+        charge = Charge(float(sigma), float(q), int(steps), terms[0] if terms else None)
+        if out and out[-1][:2] == charge[:2] and out[-1].terms == charge.terms:
+            out[-1] = out[-1]._replace(steps=out[-1].steps + charge.steps)
         else:
-            out.append((float(sigma), float(q), int(steps)))
+            out.append(charge)
     return out
 
 
-def unclaimed_history(history: Sequence[Segment], claims: Sequence[SignedClaim], *, dataset: str) -> list[Segment]:
+def unclaimed_history(history: Sequence[Segment | Charge], claims: Sequence[SignedClaim], *,
+                      dataset: str) -> list[Charge]:
     """The part of ``history`` (the accountant's, in order) not covered by the DP-SGD ``claims`` of ``dataset``.
 
     Raises
@@ -43,7 +58,7 @@ def unclaimed_history(history: Sequence[Segment], claims: Sequence[SignedClaim],
     charged = _runs(history)
     claimed = _claimed_runs(claims, dataset)
     i = 0
-    for sigma, q, steps in claimed:
+    for sigma, q, steps, _ in claimed:
         while steps:
             if i >= len(charged) or charged[i][:2] != (sigma, q):
                 raise AccountingError(
@@ -54,20 +69,20 @@ def unclaimed_history(history: Sequence[Segment], claims: Sequence[SignedClaim],
             steps -= take
             rest = charged[i][2] - take
             if rest:
-                charged[i] = (sigma, q, rest)
+                charged[i] = charged[i]._replace(steps=rest)
             else:
                 i += 1
     return charged[i:]
 
 
-def catch_up_segments(history: Sequence[Segment], claims: Sequence[SignedClaim], *, dataset: str,
-                      this_round: Segment) -> list[tuple[Segment, list[Segment]]]:
+def catch_up_segments(history: Sequence[Segment | Charge], claims: Sequence[SignedClaim], *, dataset: str,
+                      this_round: Segment) -> list[tuple[Charge, list[Segment]]]:
     """The DP steps to claim before this round's own claim, each with the history up to and including it.
 
     ``history`` is the accountant's after this round charged ``this_round`` (its steps are the last
     ones charged); everything charged but unclaimed before that (rounds that crashed or whose reply
-    was refused after charging) is returned as one segment per (noise, rate) run, with the charged
-    history up to its end (to compute the cumulative epsilon such a claim must state).
+    was refused after charging) is returned as one :class:`Charge` per (noise, rate, terms) run,
+    with the charged history up to its end (to compute the cumulative epsilon such a claim must state).
 
     Raises
     ------
@@ -81,15 +96,15 @@ def catch_up_segments(history: Sequence[Segment], claims: Sequence[SignedClaim],
             f"dataset {dataset}: the durable accountant does not end with this round's {steps} steps at noise "
             f"{sigma}, rate {q}; it and the reply disagree, so no claim is signed"
         )
-    last_sigma, last_q, last_steps = unclaimed[-1]
-    earlier = unclaimed[:-1] + ([(last_sigma, last_q, last_steps - steps)] if last_steps > steps else [])
+    last = unclaimed[-1]
+    earlier = unclaimed[:-1] + ([last._replace(steps=last.steps - steps)] if last.steps > steps else [])
     # The claims are the accountant's prefix (checked above), so they and the catch-ups so far are
     # the history each catch-up claim's cumulative epsilon covers.
-    claimed = _claimed_runs(claims, dataset)
-    return [(segment, claimed + earlier[: i + 1]) for i, segment in enumerate(earlier)]
+    claimed: list[Segment] = [c[:3] for c in _claimed_runs(claims, dataset)]
+    return [(charge, claimed + [c[:3] for c in earlier[: i + 1]]) for i, charge in enumerate(earlier)]
 
 
-def _claimed_runs(claims: Sequence[SignedClaim], dataset: str) -> list[Segment]:
+def _claimed_runs(claims: Sequence[SignedClaim], dataset: str) -> list[Charge]:
     """The DP-SGD segments the ``claims`` of ``dataset`` record, merged into runs."""
     return _runs([
         (c.claim.mechanism.noise_multiplier, c.claim.mechanism.sample_rate, c.claim.mechanism.steps)

@@ -133,17 +133,20 @@ def _catch_up(site: SiteConfig, dataset: str, claim_log: "SiteClaimLog",
               mechanism: "DpSgdMechanism") -> list[tuple["DpSgdMechanism", float]]:
     """(mechanism, cumulative epsilon after it) for every charged-but-unclaimed run before this round."""
     from agent.dp.accounting import epsilon_of
-    from agent.ledger.catch_up import catch_up_segments
+    from agent.ledger.catch_up import Charge, catch_up_segments
     from agent.training.local_round import open_accountant
 
     accountant = open_accountant(site, dataset)
-    plan = catch_up_segments(accountant.history, claim_log.claims(), dataset=dataset,
+    charged = [Charge(r.noise_multiplier, r.sample_rate, r.steps, (r.unit, r.max_grad_norm)) for r in accountant.reservations]
+    plan = catch_up_segments(charged, claim_log.claims(), dataset=dataset,
                              this_round=(mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps))
     out = []
-    for (sigma, q, steps), upto in plan:
+    for (sigma, q, steps, (unit, clip)), upto in plan:
         log.warning("claiming %d DP steps (noise %g, rate %g) charged by an earlier round that never replied", steps, sigma, q)
-        # The accountant keeps (noise, rate, steps) only: clip norm and unit are this round's.
-        catch_up = dataclasses.replace(mechanism, noise_multiplier=sigma, sample_rate=q, steps=steps)
+        if clip is None:  # reserved by an agent that did not record the clip norm yet
+            log.warning("the accountant did not record the clip norm of those steps; the claim states this round's")
+        catch_up = dataclasses.replace(mechanism, noise_multiplier=sigma, sample_rate=q, steps=steps, unit=unit,
+                                       max_grad_norm=mechanism.max_grad_norm if clip is None else clip)
         out.append((catch_up, float(epsilon_of(upto, delta=accountant.delta, kind=accountant.kind))))
     return out
 

@@ -186,7 +186,7 @@ def train_locally(
             chunk = min(run.checkpoint_every, run.steps - state["reserved_steps"])
             epsilon = acc.reserve(
                 noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=chunk, unit=mech.unit,
-                max_epsilon=site.privacy.max_epsilon, label=f"local run {out_dir.name}",
+                max_epsilon=site.privacy.max_epsilon, label=f"local run {out_dir.name}", max_grad_norm=mech.max_grad_norm,
             )
             state["reserved_steps"] += chunk
             atomic_write_json(state_path, state)
