@@ -134,7 +134,16 @@ class _LedgerSink:
             if prior.claim.site != site:
                 raise IntegrityError(f"a prior claim in the reply of {site} is for site {prior.claim.site}")
             if prior.claim.site_seq < self.claims_held(site):
-                continue  # already recorded (resent because an earlier reply seemed lost)
+                # Already recorded (resent because an earlier reply seemed lost): it must be the same
+                # claim, else the site signed two different claims under one number.
+                held = self.ledger.find_claim(site, prior.claim.site_seq)
+                if held is None or held.claim.claim_hash != prior.claim.claim_hash:
+                    raise IntegrityError(
+                        f"{site} resent a claim number {prior.claim.site_seq} that differs from the one the ledger "
+                        "holds under that number; its claim log and the ledger have diverged (run "
+                        "`anonfed ledger show --ledger ledger.jsonl` at the site)"
+                    )
+                continue
             self._append(site, prior, "earlier claim")
         self._append(site, signed, "")
 

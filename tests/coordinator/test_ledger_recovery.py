@@ -125,6 +125,40 @@ def test_reply_with_a_prior_claim_of_another_site_is_rejected(tmp_path, tiny_fun
     assert [LedgerEntry.from_line(e).claim.site for e in entries] == ["hospital-b"]
 
 
+def test_resent_claim_that_differs_from_the_recorded_one_is_rejected(tmp_path, tiny_fundus, transport_for) -> None:
+    from agent.ledger import load_site_key
+    from protocols.ledger import sign_claim
+
+    keys = tmp_path / "coordinator-keys"
+    make_coordinator_ledger_key(keys)
+    site = _site(tmp_path / "site", "hospital-a")
+    shutil.copyfile(enroll(site).ledger_public_key, keys / "public" / f"{site.site_id}.pub")
+    engine = StyleGanEngine(load_images=lambda s: tiny_fundus, training=TrainingConfig(batch_size=4))
+    transport = transport_for({100: (site, engine)}, sign_claim=ledger_signer)
+    exchange = transport.exchange
+
+    def equivocating_exchange(requests, *, round_, timeout_s):
+        replies = exchange(requests, round_=round_, timeout_s=timeout_s)
+        if round_ == 2:  # the reply "resends" claim 0, but not the one the ledger recorded in round 1
+            first = SiteClaimLog(claim_log_path(site.state.root)).claims()[0].claim
+            other = sign_claim(dataclasses.replace(first, epsilon=first.epsilon / 2, cumulative_epsilon=first.cumulative_epsilon / 2),
+                               load_site_key(site))
+            reply = replies[100]
+            replies[100] = m.Envelope(dataclasses.replace(reply.message, prior_claims=(other.to_bytes(),)),
+                                      reply.arrays, reply.metrics)
+        return replies
+
+    transport.exchange = equivocating_exchange
+    plan = FederationPlan(task=Task.STYLEGAN_DP, rounds=2, architecture="tiny16", patch_size=16, patches_per_volume=2,
+                          local_steps=1, target_epsilon=6.0, delta=1e-5, expected_batch_patients=3,
+                          dataset_id="fundus", consortium_budget=20.0, synth_count=0, run_id="run-equivocate")
+    result = run_session(transport, plan, SessionPaths(tmp_path / "out", keys))
+    assert [r["round"] for r in result.refusals] == [2]
+    assert "differs from the one the ledger holds" in str(result.refusals[0]["reason"])
+    entries = (tmp_path / "out" / "ledger" / "ledger.jsonl").read_bytes().splitlines()
+    assert [LedgerEntry.from_line(e).claim.site_seq for e in entries] == [0]
+
+
 def _site(root: Path, site_id: str):
     from agent.config import parse_site_config
 
