@@ -1,4 +1,4 @@
-"""A self-contained HTML audit report: verdict, per-site epsilon plots, releases table.
+"""A self-contained HTML audit report: verdict, sites, an epsilon plot of every site, releases table.
 
 Everything is inline (CSS in a ``<style>`` block, plots as base64 PNG ``data:`` URIs), so the file
 opens offline, can be mailed to an ethics board, and never fetches anything. All text from the
@@ -34,15 +34,19 @@ def _fmt(eps: float) -> str:
     return "&infin;" if eps == math.inf else f"{eps:.4g}"
 
 
-def _site_plot(site: str, rows: list[EntryRow], budget: float | None) -> str:
-    """Base64 PNG of the site's cumulative epsilon per dataset against the round."""
+def _epsilon_plot(rows: list[EntryRow], budgets: Mapping[str, float | None]) -> str:
+    """Base64 PNG of every site's cumulative epsilon per dataset, one line each, against the round.
+
+    One plot for the consortium, so sites that spend alike are seen to (separate plots looked
+    identical); markers and dash styles differ so overlapping lines stay distinguishable.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7, 3.2), dpi=90)
+    fig = Figure(figsize=(8, 3.8), dpi=90)
     ax = fig.add_subplot(1, 1, 1)
     # Rounds are the natural axis; with several runs (rounds restart) fall back to ledger order.
     by_round = len({r.run_id for r in rows}) == 1
@@ -50,24 +54,36 @@ def _site_plot(site: str, rows: list[EntryRow], budget: float | None) -> str:
     def x(r: EntryRow) -> int:
         return r.round if by_round else r.seq
 
-    for dataset in sorted({r.dataset for r in rows}):
-        pts = [r for r in rows if r.dataset == dataset and r.mechanism == "dp-sgd"]
-        if pts:
-            ax.step([x(r) for r in pts], [r.cumulative_epsilon for r in pts], where="post", marker="o",
-                    markersize=3, label=f"{dataset} (DP-SGD)")
+    datasets = sorted({r.dataset for r in rows})
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("x", "--")]
+    line = 0
+    for site in sorted({r.site for r in rows}):
+        for dataset in datasets:
+            pts = [r for r in rows if r.site == site and r.dataset == dataset and r.mechanism == "dp-sgd"]
+            if pts:
+                marker, dash = styles[line % len(styles)]
+                ax.step([x(r) for r in pts], [r.cumulative_epsilon for r in pts], where="post", marker=marker,
+                        linestyle=dash, markersize=4, alpha=0.85,
+                        label=site if len(datasets) == 1 else f"{site} / {dataset}")
+                line += 1
     for r in rows:
         if r.mechanism == "none":
             ax.axvline(x(r), color="#c62828", linestyle=":", linewidth=1)
-    if budget is not None:
-        ax.axhline(budget, color="#c62828", linestyle="--", label=f"budget {budget:g}")
+    by_budget: dict[float, list[str]] = {}
+    for site, budget in sorted(budgets.items()):
+        if budget is not None:
+            by_budget.setdefault(budget, []).append(site)
+    for i, (budget, holders) in enumerate(sorted(by_budget.items())):
+        who = "all sites" if len(holders) == len(budgets) else ", ".join(holders)
+        ax.axhline(budget, color=("#c62828", "#8e24aa", "#ef6c00")[i % 3], linestyle="--", linewidth=1,
+                   label=f"budget {budget:g} ({who})")
     ax.set_xlabel("round" if by_round else "ledger entry (several runs)")
-    ax.set_ylabel("cumulative epsilon")
+    ax.set_ylabel("cumulative epsilon (DP-SGD)")
     ax.set_ylim(bottom=0)  # a budget is read against zero spend, not against the first round
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"{site}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -122,7 +138,7 @@ def render_report(
         eps = ", ".join(f"{e(d)}: {_fmt(v)}" for d, v in sorted(last.items())) or "none"
         nodp = sorted({r.dataset for r in srows if r.mechanism == "none"})
         budget = budgets.get(site, default_budget)
-        out.append(f"<tr><td class='l site'>{e(site)}</td><td>{len(srows)}</td><td class='l'>{eps}</td>"
+        out.append(f"<tr id='site-{e(site)}'><td class='l site'>{e(site)}</td><td>{len(srows)}</td><td class='l'>{eps}</td>"
                    f"<td>{sum(r.k is not None for r in srows)}</td>"
                    f"<td class='l'>{e(', '.join(nodp)) + ' (epsilon = &infin;)' if nodp else 'no'}</td>"
                    f"<td>{'' if budget is None else f'{budget:g}'}</td></tr>")
@@ -136,11 +152,10 @@ def render_report(
         out.append(f"<p id='consortium'>Consortium epsilon per dataset (maximum over sites; sites hold disjoint "
                    f"patients, so their releases compose in parallel): {figures}</p>")
 
-    for site in sites:
-        srows = [r for r in rows if r.site == site]
-        png = _site_plot(site, srows, budgets.get(site, default_budget))
-        out.append(f"<h3 id='site-{e(site)}'>{e(site)}</h3>"
-                   f"<img alt='cumulative epsilon of {e(site)}' src='data:image/png;base64,{png}'>")
+    if rows:
+        png = _epsilon_plot(rows, {site: budgets.get(site, default_budget) for site in sites})
+        out.append("<h3 id='epsilon-plot'>Cumulative epsilon per site</h3>"
+                   f"<img alt='cumulative epsilon of every site against the round' src='data:image/png;base64,{png}'>")
 
     shown = rows[-MAX_TABLE_ROWS:]
     out.append(f"<h2>Releases</h2><p>{len(rows)} entries" +
