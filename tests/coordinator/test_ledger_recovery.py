@@ -41,11 +41,8 @@ def _one_thread() -> None:
 
 
 def test_lost_reply_and_crashed_round_are_claimed_in_the_next_reply(tmp_path, tiny_fundus, transport_for) -> None:
-    keys = tmp_path / "coordinator-keys"
-    make_coordinator_ledger_key(keys)
-    site = _site(tmp_path / "site", "hospital-a")
-    shutil.copyfile(enroll(site).ledger_public_key, keys / "public" / f"{site.site_id}.pub")
-    engine = StyleGanEngine(load_images=lambda s: tiny_fundus, training=TrainingConfig(batch_size=4))
+    keys, (site,) = _enrolled(tmp_path, "hospital-a")
+    engine = _engine(tiny_fundus)
     real_train = engine.train
 
     def train(site_, **kw):
@@ -96,14 +93,9 @@ def test_lost_reply_and_crashed_round_are_claimed_in_the_next_reply(tmp_path, ti
 
 
 def test_reply_with_a_prior_claim_of_another_site_is_rejected(tmp_path, tiny_fundus, transport_for) -> None:
-    keys = tmp_path / "coordinator-keys"
-    make_coordinator_ledger_key(keys)
-    sites = {}
-    for i, name in enumerate(("hospital-a", "hospital-b")):
-        site = _site(tmp_path / name, name)
-        shutil.copyfile(enroll(site).ledger_public_key, keys / "public" / f"{name}.pub")
-        sites[100 + i] = (site, StyleGanEngine(load_images=lambda s: tiny_fundus, training=TrainingConfig(batch_size=4)))
-    transport = transport_for(sites, sign_claim=ledger_signer)
+    keys, enrolled = _enrolled(tmp_path, "hospital-a", "hospital-b")
+    transport = transport_for({100 + i: (site, _engine(tiny_fundus)) for i, site in enumerate(enrolled)},
+                              sign_claim=ledger_signer)
     exchange = transport.exchange
 
     def smuggling_exchange(requests, *, round_, timeout_s):
@@ -129,12 +121,8 @@ def test_resent_claim_that_differs_from_the_recorded_one_is_rejected(tmp_path, t
     from agent.ledger import load_site_key
     from protocols.ledger import sign_claim
 
-    keys = tmp_path / "coordinator-keys"
-    make_coordinator_ledger_key(keys)
-    site = _site(tmp_path / "site", "hospital-a")
-    shutil.copyfile(enroll(site).ledger_public_key, keys / "public" / f"{site.site_id}.pub")
-    engine = StyleGanEngine(load_images=lambda s: tiny_fundus, training=TrainingConfig(batch_size=4))
-    transport = transport_for({100: (site, engine)}, sign_claim=ledger_signer)
+    keys, (site,) = _enrolled(tmp_path, "hospital-a")
+    transport = transport_for({100: (site, _engine(tiny_fundus))}, sign_claim=ledger_signer)
     exchange = transport.exchange
 
     def equivocating_exchange(requests, *, round_, timeout_s):
@@ -157,6 +145,20 @@ def test_resent_claim_that_differs_from_the_recorded_one_is_rejected(tmp_path, t
     assert "differs from the one the ledger holds" in str(result.refusals[0]["reason"])
     entries = (tmp_path / "out" / "ledger" / "ledger.jsonl").read_bytes().splitlines()
     assert [LedgerEntry.from_line(e).claim.site_seq for e in entries] == [0]
+
+
+def _enrolled(tmp_path: Path, *names: str):
+    """The coordinator's key folder and enrolled sites (their public keys copied into it)."""
+    keys = tmp_path / "coordinator-keys"
+    make_coordinator_ledger_key(keys)
+    sites = [_site(tmp_path / name, name) for name in names]
+    for site in sites:
+        shutil.copyfile(enroll(site).ledger_public_key, keys / "public" / f"{site.site_id}.pub")
+    return keys, sites
+
+
+def _engine(images) -> StyleGanEngine:
+    return StyleGanEngine(load_images=lambda s: images, training=TrainingConfig(batch_size=4))
 
 
 def _site(root: Path, site_id: str):
