@@ -30,7 +30,7 @@ from typing import Any, Iterator
 from agent.dp.accounting import AccountantKind, HistoryEntry, epsilon_of
 from protocols.atomic_files import write_json_atomic
 from protocols.errors import AccountingError, BadInputError, BudgetExceededError
-from protocols.tasks import PrivacyUnit
+from protocols.tasks import PrivacyUnit, Task
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Reservation:
     label: str  # what the steps were for (e.g. "round 3"); no patient data
     reserved_at: float  # unix time
     max_grad_norm: float | None = None  # clip norm C; None in files written before it was recorded
+    task: Task | None = None  # the task that trained (dpgan, stylegan-dp); None likewise
 
     def as_entry(self) -> HistoryEntry:
         return (self.noise_multiplier, self.sample_rate, self.steps)
@@ -119,6 +120,7 @@ class DurableAccountant:
                     str(e["label"]),
                     float(e["reserved_at"]),
                     None if e.get("max_grad_norm") is None else float(e["max_grad_norm"]),
+                    None if e.get("task") is None else Task(e["task"]),
                 )
                 for e in doc["history"]
             ]
@@ -153,11 +155,12 @@ class DurableAccountant:
         max_epsilon: float,
         label: str = "",
         max_grad_norm: float | None = None,
+        task: Task | None = None,
     ) -> float:
         """Durably charge ``steps`` steps before they run; return the new cumulative epsilon.
 
-        ``max_grad_norm`` (the clip norm the steps run with) is recorded so that a claim made later
-        for these steps, e.g. after a crash, states it; epsilon does not depend on it.
+        ``max_grad_norm`` (the clip norm the steps run with) and ``task`` are recorded so that a
+        claim made later for these steps, e.g. after a crash, states them; epsilon depends on neither.
 
         Raises
         ------
@@ -189,7 +192,8 @@ class DurableAccountant:
                     "raise privacy.max_epsilon at the site"
                 )
             reservation = Reservation(float(noise_multiplier), float(sample_rate), int(steps), PrivacyUnit(unit), label,
-                                      time.time(), None if max_grad_norm is None else float(max_grad_norm))
+                                      time.time(), None if max_grad_norm is None else float(max_grad_norm),
+                                      None if task is None else Task(task))
             self._write(self.reservations + [reservation])
             self.reservations.append(reservation)
         log.info("reserved %d DP steps; cumulative epsilon now %.4g (delta %g)", steps, after, self.delta)
@@ -232,6 +236,7 @@ class DurableAccountant:
                     "label": r.label,
                     "reserved_at": r.reserved_at,
                     "max_grad_norm": r.max_grad_norm,
+                    "task": None if r.task is None else r.task.value,
                 }
                 for r in reservations
             ],

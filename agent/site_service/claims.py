@@ -85,9 +85,10 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
     if isinstance(mechanism, DpSgdMechanism):
         # Steps charged by rounds that never replied are claimed first, so the ledger's epsilon
         # stays recomputable from its mechanisms (the coordinator refuses it otherwise).
-        for catch_up, cumulative_then in _catch_up(site, dataset, claim_log, mechanism):
+        for catch_up, charged_by, cumulative_then in _catch_up(site, dataset, claim_log, mechanism):
             claim = make_claim(site_seq=seq, site_prev=prev, mechanism=catch_up, epsilon=max(0.0, cumulative_then - previous),
-                               cumulative_epsilon=cumulative_then, **common)  # type: ignore[arg-type]
+                               cumulative_epsilon=cumulative_then,
+                               **{**common, "task": charged_by or task})  # type: ignore[arg-type]
             new.append(sign_claim(claim, key))
             seq, prev, previous = seq + 1, claim.claim_hash, cumulative_then
         epsilon = max(0.0, cumulative - previous)
@@ -130,24 +131,26 @@ def _claims_to_resend(claim_log: "SiteClaimLog", held: object) -> list[bytes]:
 
 
 def _catch_up(site: SiteConfig, dataset: str, claim_log: "SiteClaimLog",
-              mechanism: "DpSgdMechanism") -> list[tuple["DpSgdMechanism", float]]:
-    """(mechanism, cumulative epsilon after it) for every charged-but-unclaimed run before this round."""
+              mechanism: "DpSgdMechanism") -> list[tuple["DpSgdMechanism", Task | None, float]]:
+    """(mechanism, task that charged it if recorded, cumulative epsilon after it) for every
+    charged-but-unclaimed run before this round."""
     from agent.dp.accounting import epsilon_of
     from agent.ledger.catch_up import Charge, catch_up_segments
     from agent.training.local_round import open_accountant
 
     accountant = open_accountant(site, dataset)
-    charged = [Charge(r.noise_multiplier, r.sample_rate, r.steps, (r.unit, r.max_grad_norm)) for r in accountant.reservations]
+    charged = [Charge(r.noise_multiplier, r.sample_rate, r.steps, (r.unit, r.max_grad_norm, r.task))
+               for r in accountant.reservations]
     plan = catch_up_segments(charged, claim_log.claims(), dataset=dataset,
                              this_round=(mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps))
     out = []
-    for (sigma, q, steps, (unit, clip)), upto in plan:
+    for (sigma, q, steps, (unit, clip, task)), upto in plan:
         log.warning("claiming %d DP steps (noise %g, rate %g) charged by an earlier round that never replied", steps, sigma, q)
         if clip is None:  # reserved by an agent that did not record the clip norm yet
             log.warning("the accountant did not record the clip norm of those steps; the claim states this round's")
         catch_up = dataclasses.replace(mechanism, noise_multiplier=sigma, sample_rate=q, steps=steps, unit=unit,
                                        max_grad_norm=mechanism.max_grad_norm if clip is None else clip)
-        out.append((catch_up, float(epsilon_of(upto, delta=accountant.delta, kind=accountant.kind))))
+        out.append((catch_up, task, float(epsilon_of(upto, delta=accountant.delta, kind=accountant.kind))))
     return out
 
 

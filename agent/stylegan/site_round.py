@@ -135,7 +135,7 @@ def run_stylegan_dp_round(*, site: SiteConfig, dataset_id: str, images: torch.Te
     acc = open_accountant(site, dataset_id)
     eps_cum = acc.reserve(noise_multiplier=sigma, sample_rate=sample_rate, steps=plan.local_steps, unit=unit,
                           max_epsilon=site.privacy.max_epsilon, label=f"stylegan seed {plan.seed}",
-                          max_grad_norm=plan.max_grad_norm)
+                          max_grad_norm=plan.max_grad_norm, task=Task.STYLEGAN_DP)
     eps_round = epsilon_of([(sigma, sample_rate, plan.local_steps)], delta=acc.delta, kind=acc.kind)
     g_losses: list[float] = []
     trainer.fit(images, patient_index, steps=plan.local_steps, progress=lambda _, m: g_losses.append(m["g_loss"]))

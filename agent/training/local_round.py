@@ -235,6 +235,7 @@ def run_local_round(
             max_epsilon=site.privacy.max_epsilon,
             label=label,
             max_grad_norm=mech.max_grad_norm,
+            task=Task.DPGAN,
         )
         eps_round = epsilon_of([(mech.noise_multiplier, mech.sample_rate, plan.local_steps)], delta=acc.delta, kind=acc.kind)
     else:

@@ -34,7 +34,7 @@ from agent.training.local_round import (
     open_accountant,
 )
 from protocols.errors import BadInputError, ConfigError
-from protocols.tasks import PrivacyUnit
+from protocols.tasks import PrivacyUnit, Task
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,7 @@ def train_locally(
             epsilon = acc.reserve(
                 noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=chunk, unit=mech.unit,
                 max_epsilon=site.privacy.max_epsilon, label=f"local run {out_dir.name}", max_grad_norm=mech.max_grad_norm,
+                task=Task.DPGAN,
             )
             state["reserved_steps"] += chunk
             atomic_write_json(state_path, state)
