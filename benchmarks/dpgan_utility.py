@@ -310,6 +310,10 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
             raw = sample_from_generator(trainer.generator, n=min(args.synthetic_n, 512), seed=args.seed + 7)
             row["raw_generator_label_fraction"] = float(raw[:, 1].mean())
         yield pairs, row
+        if trainer.generator_ema is not None and args.score_raw:  # same run, same step: the raw generator too
+            raw_pairs = sample_from_generator(trainer.generator, n=args.synthetic_n, seed=args.seed + 7)
+            yield raw_pairs, {**row, "sampled_from": "generator (raw weights of the EMA run)",
+                              "synthetic_label_fraction": float(raw_pairs[:, 1].mean())}
 
 
 def summarise(values: list[float]) -> dict:
@@ -363,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generator-ema", type=float, default=None,
                     help="decay of an EMA of the generator's weights, sampled instead of the raw generator (e.g. 0.999; "
                          "post-processing, no privacy cost)")
+    ap.add_argument("--score-raw", action="store_true",
+                    help="with --generator-ema: also score the raw generator at every snapshot (extra U-Net each)")
     ap.add_argument("--fast-phantoms", action="store_true",
                     help="render only the baseline studies that are used (same volumes, ~25%% less time)")
     args = ap.parse_args(argv)
@@ -420,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             run = GanRun(eps, unit)
             for pairs, info in train_gan(run, train, args):
                 at = f" @{info['gan_steps']}" if "snapshot_of_steps" in info else ""
+                at += " raw" if str(info.get("sampled_from", "")).startswith("generator (raw") else ""
                 record(f"synthetic eps={'inf' if math.isinf(eps) else f'{eps:g}'}" + (f" {unit}" if unit else "") + at,
                        pairs, info)
 
@@ -524,7 +531,8 @@ def markdown(doc: dict) -> str:
         hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
         part = r.get("part", c.get("tag", "")) + (f" (snapshot of {r['snapshot_of_steps']})" if r.get("snapshot_of_steps") else "")
         part += "" if r.get("label_bias") is None else f" [label bias {r['label_bias']:g}]"
-        part += "" if not r.get("generator_ema") else f" [generator EMA {r['generator_ema']:g}]"
+        part += "" if not r.get("generator_ema") else (
+            f" [generator EMA {r['generator_ema']:g}" + (": raw generator sampled]" if r["name"].endswith(" raw") else "]"))
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
@@ -558,7 +566,7 @@ def plot(results: list[dict], path: Path) -> None:
 
     def tag_of(r: dict) -> str:
         return (f"{r['gan_steps']}" + ("" if r.get("label_bias") is None else f" lb{r['label_bias']:g}")
-                + ("" if not r.get("generator_ema") else " ema"))
+                + ("" if not r.get("generator_ema") else (" raw" if r["name"].endswith(" raw") else " ema")))
 
     for unit, style in (("patient", "o"), ("image", "s")):
         rows = sorted((r for r in finite if r["unit"] == unit), key=x_of)
