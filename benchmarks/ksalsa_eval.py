@@ -183,12 +183,14 @@ class Inception:
 def fid(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance of Gaussians fitted to two feature sets (any sample sizes >= 2)."""
     mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    # tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)), a symmetric PSD form (stable for rank-deficient S).
-    w, v = np.linalg.eigh(s1)
-    half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(half @ s2 @ half), 0, None)).sum()
-    return float(np.square(mu1 - mu2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+    # With S1 = A'A/(n1-1), S2 = B'B/(n2-1) (A, B centred), the non-zero eigenvalues of S1 S2 are
+    # the squared singular values of C = A B' / sqrt((n1-1)(n2-1)), so tr sqrt(S1 S2) = sum svd(C):
+    # exact, and an (n1 x n2) problem instead of two 2048 x 2048 eigendecompositions.
+    A, B = a - mu1, b - mu2
+    C = (A @ B.T) / np.sqrt((len(a) - 1) * (len(b) - 1))
+    tr_sqrt = np.linalg.svd(C, compute_uv=False).sum()
+    tr1, tr2 = np.square(A).sum() / (len(a) - 1), np.square(B).sum() / (len(b) - 1)
+    return float(np.square(mu1 - mu2).sum() + tr1 + tr2 - 2 * tr_sqrt)
 
 
 class Embedder:
@@ -218,6 +220,12 @@ def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, classes: in
 def grade_classifier(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor, test_y: np.ndarray
                      ) -> dict[str, float]:
     """Multinomial logistic regression (L2) on standardised features; accuracy and QWK on the test set."""
+    pred = grade_probabilities(train_x, train_y, test_x).argmax(1).numpy()
+    return {"accuracy": float((pred == test_y).mean()), "qwk": quadratic_weighted_kappa(test_y, pred)}
+
+
+def grade_probabilities(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tensor) -> torch.Tensor:
+    """The classifier of :func:`grade_classifier`: (len(test_x), 5) class probabilities."""
     mean, std = train_x.mean(0), train_x.std(0, unbiased=False) + 1e-6
     a, b = (train_x - mean) / std, (test_x - mean) / std
     head = torch.nn.Linear(a.shape[1], 5)
@@ -230,8 +238,8 @@ def grade_classifier(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.T
         opt.zero_grad()
         loss.backward()
         opt.step()
-    pred = head(b).argmax(1).numpy()
-    return {"accuracy": float((pred == test_y).mean()), "qwk": quadratic_weighted_kappa(test_y, pred)}
+    with torch.no_grad():
+        return head(b).softmax(1)
 
 
 def membership_precision(synth_emb: torch.Tensor, site_emb: torch.Tensor, groups: list[list[int]]) -> dict[str, float]:
@@ -431,6 +439,518 @@ def image_grid(path: Path, site_rgb: np.ndarray, recon_rgb: np.ndarray, grids: d
     write_png(path, canvas)
 
 
+# -- stage 3: a larger site, evaluated on repeated disjoint draws ----------------------------------
+# The site holds ``--site-patients`` phantom patients; draw d is patients [d*P, (d+1)*P) with P =
+# ``--draw-patients`` (every 5th patient has both eyes, so a 50-patient draw has 60 photographs and
+# 10 patients of each grade, exactly the first runs' site). Every draw is clustered and released on
+# its own, and every metric is computed per draw (the attacker ranks that draw's images only), so
+# the spread over draws is the spread of the protocol the issue states. The site's images are
+# inverted once (cached in ``--work``) and shared by every draw, method, k and content weight.
+
+PUBLISHED_CONTENT = AlignmentSettings.content_weight
+BASELINES = (Method.CENTROID, Method.K_SAME_PIXEL, Method.K_SAME_EIGEN)
+
+
+def _patient_number(key: str) -> int:
+    return int(key.rsplit("-p", 1)[1])
+
+
+def _psnr(recon: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """Per-image PSNR in dB, [-1, 1] images (peak-to-peak 2)."""
+    mse = (recon - target).square().flatten(1).mean(1)
+    return (10 * torch.log10(4.0 / mse)).numpy()
+
+
+def _synth(G: torch.nn.Module, ws: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([G.synthesis(ws[i:i + 30], noise_mode="const").clamp(-1, 1) for i in range(0, len(ws), 30)])
+
+
+def _subset_indices(draw_of: np.ndarray, per_draw: int) -> np.ndarray:
+    """The first ``per_draw`` images of every draw (for the before/after reconstruction check)."""
+    return np.concatenate([np.where(draw_of == d)[0][:per_draw] for d in np.unique(draw_of)])
+
+
+def _optimising_inverter(inverter, features, args):
+    from agent.inversion.invert import OptimisationSettings
+    from agent.inversion.losses import ReconstructionLoss, ReconstructionWeights
+
+    loss = ReconstructionLoss(features, ReconstructionWeights(latent=0.0, feature_resolution=args.opt_feature_resolution))
+    return dataclasses.replace(inverter, optimisation=OptimisationSettings(steps=args.opt_steps), loss=loss)
+
+
+def recon_check(args: argparse.Namespace) -> None:
+    """Reconstruction quality of a generator/encoder pair on the site (before/after a fine-tune)."""
+    from agent.ksalsa.task import SiteModels, load_models
+
+    work = Path(args.work)
+    data = make_data(args.site_patients, args.heldout_patients)
+    inverter, features = load_models(SiteModels(work / "models" / "stylegan.pt", work / "models" / "encoder.pt"))
+    G = inverter.generator
+    site_x = prepare_images(data.site, RESOLUTION)
+    draw_of = np.array([_patient_number(im.patient_key) // args.draw_patients for im in data.site])
+    inception = Inception()
+    held_inc = inception.features(_to_uint8(prepare_images(data.heldout, RESOLUTION)))
+    c0 = time.process_time()
+    ws_enc = inverter.invert(site_x)
+    enc_cpu = time.process_time() - c0
+    sub = _subset_indices(draw_of, args.recon_subset)
+    c0 = time.process_time()
+    ws_opt = _optimising_inverter(inverter, features, args).invert(site_x[sub], batch=60)
+    opt_cpu = time.process_time() - c0
+    rec = _synth(G, ws_opt)
+    record = {
+        "models": str(work / "models"), "train": json.loads((work / "models" / "train.json").read_text()),
+        "site_images": len(data.site), "draw_patients": args.draw_patients,
+        "encoder_only_psnr_db": _psnr(_synth(G, ws_enc), site_x).tolist(), "encoder_cpu_seconds_per_image": enc_cpu / len(site_x),
+        "subset": sub.tolist(), "optimised_psnr_db_subset": _psnr(rec, site_x[sub]).tolist(),
+        "optimisation_steps": args.opt_steps, "optimised_cpu_seconds_per_image": opt_cpu / len(sub),
+        "fid_optimised_recon_subset_vs_heldout": fid(inception.features(_to_uint8(rec)), held_inc),
+        "fid_generator_samples_vs_heldout": sample_fid(G, inception, held_inc, n=100),
+        "load_average": os.getloadavg(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    Path(args.out_json).write_text(json.dumps(record, indent=1) + "\n")
+    log.info("recon check: encoder PSNR %.2f, optimised PSNR (subset) %.2f, sample FID %.1f",
+             np.mean(record["encoder_only_psnr_db"]), np.mean(record["optimised_psnr_db_subset"]),
+             record["fid_generator_samples_vs_heldout"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    method: Method
+    content_weight: float | None = None  # k-SALSA only
+    by_grade: bool = False  # cluster within each grade (every output has one grade)
+
+    @property
+    def name(self) -> str:
+        n = self.method.value
+        if self.method is Method.KSALSA:
+            n += f" c={self.content_weight:g}"
+        return n + (" by-grade" if self.by_grade else "")
+
+
+def _release(images: list[FundusImage], ws: torch.Tensor, variant: Variant, k: int, inverter, features, args
+             ) -> tuple[list[list[int]], np.ndarray, float, "StepTimes"]:
+    """(groups as indices into ``images``, uint8 outputs, seconds, alignment step times) for one draw."""
+    from agent.ksalsa.style_alignment import StepTimes
+
+    settings = AlignmentSettings(steps=args.steps, content_weight=variant.content_weight or PUBLISHED_CONTENT,
+                                 style_weight=args.style_weight)
+    parts = [np.arange(len(images))]
+    if variant.by_grade:
+        grades = np.array([im.grade for im in images])
+        parts = [np.where(grades == g)[0] for g in sorted(set(grades.tolist()))]
+    groups, outs, seconds, times = [], [], 0.0, StepTimes()
+    for part in parts:
+        avg = make_averages([images[i] for i in part], method=variant.method, k=k, inverter=inverter, features=features,
+                            settings=settings, ws=ws[part])
+        groups += [[int(part[i]) for i in g.indices] for g in avg.clustering.groups]
+        outs.append(avg.images)
+        seconds += avg.seconds
+        for name in ("generator", "features", "optimiser", "steps"):
+            setattr(times, name, getattr(times, name) + getattr(avg.times, name))
+    return groups, np.concatenate(outs), seconds, times
+
+
+def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
+    """Run order: the content-weight sweep at the sweep k first, then by-grade groups, then the other k."""
+    cws = [float(c) for c in args.content_weights.split(",")]
+    base = [Variant(m) for m in BASELINES]
+    out = [(args.sweep_k, [Variant(Method.KSALSA, c) for c in cws] + base)]
+    if args.by_grade:
+        out.append((args.sweep_k, [Variant(Method.KSALSA, PUBLISHED_CONTENT, True)] + [Variant(m, None, True) for m in BASELINES]))
+    for k in [int(x) for x in args.ks.split(",")]:
+        if k != args.sweep_k:
+            out.append((k, [Variant(Method.KSALSA, PUBLISHED_CONTENT)] + base))
+    return out
+
+
+def draws(args: argparse.Namespace) -> None:
+    from agent.ksalsa.task import SiteModels, load_models
+
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = make_data(args.site_patients, args.heldout_patients)
+    gan_path = work / "models" / "stylegan.pt"
+    inverter, features = load_models(SiteModels(gan_path, work / "models" / "encoder.pt"))
+    G = inverter.generator
+    site_keys = [im.patient_key for im in data.site]
+    site_grades = np.array([im.grade for im in data.site])
+    draw_of = np.array([_patient_number(k) // args.draw_patients for k in site_keys])
+    n_draws = int(draw_of.max()) + 1
+    site_x = prepare_images(data.site, RESOLUTION)
+    site_rgb, held_rgb = _to_uint8(site_x), _to_uint8(prepare_images(data.heldout, RESOLUTION))
+    held_y = np.array([im.grade for im in data.heldout])
+    inception, embed = Inception(), Embedder()
+    held_inc, site_inc = inception.features(held_rgb), inception.features(site_rgb)
+    held_emb, site_emb = embed(held_rgb), embed(site_rgb)
+
+    # One inversion of the whole site (encoder, then per-image optimisation), cached by model file.
+    stamp = {"gan": [gan_path.stat().st_size, gan_path.stat().st_mtime], "site_patients": args.site_patients,
+             "opt_steps": args.opt_steps, "opt_feature_resolution": args.opt_feature_resolution}
+    cache = work / "inversion_cache.pt"
+    cached = torch.load(cache) if cache.exists() else None
+    if cached is not None and cached["stamp"] == stamp:
+        ws, inversion = cached["ws"], cached["inversion"]
+        log.info("inversion from cache %s", cache)
+    else:
+        c0 = time.process_time()
+        ws_enc = inverter.invert(site_x)
+        enc_cpu = time.process_time() - c0
+        c0, w0 = time.process_time(), time.perf_counter()
+        ws = _optimising_inverter(inverter, features, args).invert(site_x, batch=60)
+        opt_cpu, opt_wall = time.process_time() - c0, time.perf_counter() - w0
+        inversion = {"encoder_iterations": inverter.iterations, "encoder_cpu_seconds_per_image": enc_cpu / len(site_x),
+                     "encoder_only_psnr_db": _psnr(_synth(G, ws_enc), site_x).tolist(),
+                     "optimisation_steps": args.opt_steps, "optimised_cpu_seconds_per_image": opt_cpu / len(site_x),
+                     "optimised_wall_seconds": opt_wall, "load_average_after": os.getloadavg()}
+        torch.save({"stamp": stamp, "ws": ws, "inversion": inversion}, cache)
+    recon = _synth(G, ws)
+    recon_rgb = _to_uint8(recon)
+    inversion["optimised_psnr_db"] = _psnr(recon, site_x).tolist()
+    recon_inc = inception.features(recon_rgb)
+    reference = {"inversion": {k: v for k, v in inversion.items() if not k.endswith("_psnr_db")},
+                 "fid_generator_samples_vs_heldout": sample_fid(G, inception, held_inc, n=100), "per_draw": []}
+    for d in range(n_draws):
+        idx = np.where(draw_of == d)[0]
+        others = np.where(draw_of != d)[0]
+        probe = grade_probabilities(site_emb[others], site_grades[others], held_emb).argmax(1).numpy()
+        reference["per_draw"].append({
+            "draw": d, "images": len(idx), "patients": len({site_keys[i] for i in idx}),
+            "fid_site_real_vs_heldout": fid(site_inc[idx], held_inc),
+            "fid_reconstructions_vs_heldout": fid(recon_inc[idx], held_inc),
+            "encoder_only_psnr_db": float(np.mean(np.array(inversion["encoder_only_psnr_db"])[idx])),
+            "optimised_psnr_db": float(np.mean(np.array(inversion["optimised_psnr_db"])[idx])),
+            "classifier_trained_on_draw_real": grade_classifier(site_emb[idx], site_grades[idx], held_emb, held_y),
+            "grade_probe_heldout_accuracy": float((probe == held_y).mean()),
+        })
+    reference["recon_subset_psnr_db"] = {"subset": _subset_indices(draw_of, args.recon_subset).tolist()}
+    reference["recon_subset_psnr_db"]["encoder_only"] = float(np.mean(np.array(inversion["encoder_only_psnr_db"])[reference["recon_subset_psnr_db"]["subset"]]))
+    reference["recon_subset_psnr_db"]["optimised"] = float(np.mean(np.array(inversion["optimised_psnr_db"])[reference["recon_subset_psnr_db"]["subset"]]))
+    log.info("reference: %s", {k: v for k, v in reference.items() if k != "inversion"})
+
+    rows: list[dict] = []
+    store: dict[str, np.ndarray] = {}
+    done = set()
+    rows_path = work / "draw_rows.json"
+    if args.resume and rows_path.exists():
+        rows = json.loads(rows_path.read_text())
+        store = dict(np.load(work / "draw_outputs.npz"))
+        done = {(r["k"], r["name"], r["draw"]) for r in rows}
+    for k, variants in _passes(args):
+        for d in range(n_draws):
+            idx = np.where(draw_of == d)[0]
+            images = [data.site[i] for i in idx]
+            others = np.where(draw_of != d)[0]
+            probe_train = (site_emb[others], site_grades[others])  # lesion-content probe: real images of the other draws
+            for variant in variants:
+                if (k, variant.name, d) in done:
+                    continue
+                c0 = time.process_time()
+                groups, synth, seconds, times = _release(images, ws[idx], variant, k, inverter, features, args)
+                labels = np.array([majority_grade([site_grades[idx[i]] for i in g], [site_keys[idx[i]] for i in g])
+                                   for g in groups])
+                synth_emb, synth_inc = embed(synth), inception.features(synth)
+                p = grade_probabilities(*probe_train, synth_emb).numpy()
+                expected = p @ np.arange(5)
+                member_mean = np.array([np.mean([site_grades[idx[i]] for i in g]) for g in groups])
+                purity = np.array([np.mean([site_grades[idx[i]] == lab for i in g]) for g, lab in zip(groups, labels)])
+                pick = np.random.default_rng(1000 * d + len(groups)).choice(len(idx), len(groups), replace=False)
+                row = {
+                    "draw": d, "k": k, "name": variant.name, "method": variant.method.value,
+                    "content_weight": variant.content_weight, "by_grade": variant.by_grade,
+                    "groups": len(groups), "min_patients_per_group": min(len({site_keys[idx[i]] for i in g}) for g in groups),
+                    "fid": fid(synth_inc, held_inc), "fid_real_same_n": fid(site_inc[idx[pick]], held_inc),
+                    **{f"cls_{key}": v for key, v in grade_classifier(synth_emb, labels, held_emb, held_y).items()},
+                    **{f"mia_{key}": v for key, v in membership_precision(synth_emb, site_emb[idx], groups).items()},
+                    **{f"mia_inception_{key}": v for key, v in membership_precision(
+                        torch.from_numpy(synth_inc), torch.from_numpy(site_inc[idx]), groups).items()},
+                    "label_purity": float(purity.mean()),
+                    "probe_agrees_with_label": float((p.argmax(1) == labels).mean()),
+                    "probe_abs_error_to_label": float(np.abs(expected - labels).mean()),
+                    "probe_abs_error_to_member_mean": float(np.abs(expected - member_mean).mean()),
+                    "probe_expected_minus_label": float((expected - labels).mean()),
+                    "seconds_per_average": seconds / len(groups),
+                    "generator_seconds_per_average": times.generator / len(groups),
+                    "feature_seconds_per_average": times.features / len(groups),
+                    "steps_per_average": times.steps / len(groups),
+                    "cpu_seconds_row": time.process_time() - c0, "load_average": os.getloadavg()[0],
+                }
+                rows.append(row)
+                key = f"{k}|{variant.name}|{d}"
+                store[key + "|img"], store[key + "|emb"], store[key + "|inc"] = synth, synth_emb.numpy(), synth_inc
+                store[key + "|labels"] = labels
+                log.info("%s", {kk: (round(v, 3) if isinstance(v, float) else v) for kk, v in row.items()})
+                rows_path.write_text(json.dumps(rows, indent=1))
+                np.savez(work / "draw_outputs.npz", **store)
+    meta = {
+        "command": " ".join(["OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ksalsa_eval.py", *sys.argv[1:]]),
+        "train": json.loads((work / "models" / "train.json").read_text()),
+        "site_images": len(data.site), "site_patients": len(set(site_keys)), "draws": n_draws,
+        "draw_patients": args.draw_patients, "heldout_images": len(data.heldout), "resolution": RESOLUTION,
+        "alignment_steps": args.steps, "style_weight": args.style_weight, "selection_draws": _selection(args, n_draws),
+        "torch_threads": torch.get_num_threads(), "machine": platform.platform(), "cpus": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (work / "draw_reference.json").write_text(json.dumps({"meta": meta, "reference": reference}, indent=1))
+    np.save(work / "site_rgb.npy", site_rgb)
+    np.save(work / "recon_rgb.npy", recon_rgb)
+    summarise_draws(args)
+
+
+def _selection(args: argparse.Namespace, n_draws: int) -> list[int]:
+    return [int(x) for x in args.selection_draws.split(",")] if args.selection_draws else list(range(n_draws // 2))
+
+
+def _mean_se(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"), "n": len(v)}
+
+
+METRICS = ("fid", "fid_real_same_n", "cls_accuracy", "cls_qwk", "mia_ratio_to_chance", "mia_inception_ratio_to_chance",
+           "label_purity", "probe_agrees_with_label", "probe_abs_error_to_label", "probe_abs_error_to_member_mean",
+           "probe_expected_minus_label", "seconds_per_average", "generator_seconds_per_average", "feature_seconds_per_average")
+
+
+def _aggregate(rows: list[dict], store, held_inc, held_emb, held_y, site_inc, draw_set: list[int]) -> list[dict]:
+    """Mean +- SE over ``draw_set`` per (k, name), and pooled FID/accuracy over the draws' outputs."""
+    out = []
+    for k, name in dict.fromkeys((r["k"], r["name"]) for r in rows):
+        rs = [r for r in rows if r["k"] == k and r["name"] == name and r["draw"] in draw_set]
+        if not rs:
+            continue
+        agg = {"k": k, "name": name, "method": rs[0]["method"], "content_weight": rs[0]["content_weight"],
+               "by_grade": rs[0]["by_grade"], "draws": sorted(r["draw"] for r in rs), "groups_per_draw": rs[0]["groups"],
+               "min_patients_per_group": min(r["min_patients_per_group"] for r in rs)}
+        for m in METRICS:
+            agg[m] = _mean_se([r[m] for r in rs])
+        keys = [f"{k}|{name}|{r['draw']}" for r in rs]
+        inc = np.concatenate([store[x + "|inc"] for x in keys])
+        emb = torch.from_numpy(np.concatenate([store[x + "|emb"] for x in keys]))
+        labels = np.concatenate([store[x + "|labels"] for x in keys])
+        pick = np.random.default_rng(len(inc)).choice(len(site_inc), len(inc), replace=False)
+        agg["pooled"] = {"images": len(inc), "fid": fid(inc, held_inc), "fid_real_same_n": fid(site_inc[pick], held_inc),
+                         **grade_classifier(emb, labels, held_emb, held_y)}
+        out.append(agg)
+    return out
+
+
+def _paired(rows: list[dict], k: int, a: str, b: str, draw_set: list[int]) -> dict[str, dict]:
+    """Per-draw differences a - b (same draws, same groups for latent-grouped methods), mean +- SE."""
+    by = {(r["name"], r["draw"]): r for r in rows if r["k"] == k and r["draw"] in draw_set}
+    ds = [d for d in draw_set if (a, d) in by and (b, d) in by]
+    return {m: _mean_se([by[(a, d)][m] - by[(b, d)][m] for d in ds]) for m in
+            ("fid", "cls_accuracy", "cls_qwk", "mia_ratio_to_chance", "mia_inception_ratio_to_chance")} if ds else {}
+
+
+def summarise_draws(args: argparse.Namespace) -> None:
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = json.loads((work / "draw_rows.json").read_text())
+    store = dict(np.load(work / "draw_outputs.npz"))
+    ref = json.loads((work / "draw_reference.json").read_text()) if (work / "draw_reference.json").exists() else None
+    data = make_data(args.site_patients, args.heldout_patients)
+    held_rgb = _to_uint8(prepare_images(data.heldout, RESOLUTION))
+    held_y = np.array([im.grade for im in data.heldout])
+    inception, embed = Inception(), Embedder()
+    held_inc, held_emb = inception.features(held_rgb), embed(held_rgb)
+    site_inc = inception.features(_to_uint8(prepare_images(data.site, RESOLUTION)))
+    n_draws = max(r["draw"] for r in rows) + 1
+    selection = _selection(args, n_draws)
+    confirmation = [d for d in range(n_draws) if d not in selection]
+    sets = {"all": list(range(n_draws)), "selection": selection, "confirmation": confirmation}
+    summary = {name: _aggregate(rows, store, held_inc, held_emb, held_y, site_inc, ds) for name, ds in sets.items()}
+    sweep_k = args.sweep_k
+    ks_names = sorted({r["name"] for r in rows if r["k"] == sweep_k and r["method"] == "ksalsa" and not r["by_grade"]})
+    paired = {s: {f"{a} - {b}": _paired(rows, sweep_k, a, b, ds) for a in ks_names
+                  for b in ("centroid", "k-same-pixel")} for s, ds in sets.items()}
+    paired["all"]["ksalsa c=100 by-grade - centroid by-grade"] = _paired(rows, sweep_k, "ksalsa c=100 by-grade", "centroid by-grade", sets["all"])
+    for k in sorted({r["k"] for r in rows}):
+        if k != sweep_k:
+            paired["all"][f"k={k}: ksalsa c=100 - centroid"] = _paired(rows, k, "ksalsa c=100", "centroid", sets["all"])
+            paired["all"][f"k={k}: ksalsa c=100 - k-same-pixel"] = _paired(rows, k, "ksalsa c=100", "k-same-pixel", sets["all"])
+    choice = _choose(summary["selection"], summary["confirmation"], sweep_k, args.mia_target)
+    recon_before = json.loads(Path(args.recon_before).read_text()) if args.recon_before else None
+    result = {"meta": (ref or {}).get("meta"), "reference": (ref or {}).get("reference"), "recon_before_finetune": recon_before,
+              "sets": sets, "summary": summary, "paired": paired, "operating_point": choice, "rows": rows}
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_draws_table(out / "results.md", result, sweep_k)
+    plot_draws(out, summary["all"], sweep_k)
+    if (work / "site_rgb.npy").exists():
+        grid_draws(out / "grid.png", np.load(work / "site_rgb.npy"), np.load(work / "recon_rgb.npy"), store, rows, sweep_k)
+
+
+def _beats(a: dict, b: dict) -> dict[str, bool]:
+    return {"fid": a["fid"]["mean"] < b["fid"]["mean"], "accuracy": a["cls_accuracy"]["mean"] > b["cls_accuracy"]["mean"]}
+
+
+def _choose(sel: list[dict], conf: list[dict], k: int, target: float) -> dict:
+    """Pick a content weight on the selection draws; check it on the confirmation draws.
+
+    Rule (fixed before the run): among k-SALSA content weights at ``k`` (latent grouping) whose mean
+    Lite0 membership ratio is <= ``target`` and whose mean FID and accuracy beat both the centroid and
+    k-Same-Pixel on the selection draws, take the lowest mean FID. None qualifies -> no operating point.
+    """
+    def table(aggs):
+        return {a["name"]: a for a in aggs if a["k"] == k and not a["by_grade"]}
+
+    s, c = table(sel), table(conf)
+    if not s or "centroid" not in s or "k-same-pixel" not in s:
+        return {"chosen": None, "reason": "selection draws incomplete"}
+    checks = {}
+    for name, a in s.items():
+        if a["method"] != "ksalsa":
+            continue
+        checks[name] = {"mia_ratio": a["mia_ratio_to_chance"]["mean"], "mia_ok": a["mia_ratio_to_chance"]["mean"] <= target,
+                        "vs_centroid": _beats(a, s["centroid"]), "vs_k_same_pixel": _beats(a, s["k-same-pixel"])}
+    ok = [n for n, ch in checks.items() if ch["mia_ok"] and all(ch["vs_centroid"].values()) and all(ch["vs_k_same_pixel"].values())]
+    result = {"rule": _choose.__doc__.split("\n\n")[1].strip(), "selection_checks": checks, "qualifying": ok}
+    if not ok:
+        return {**result, "chosen": None}
+    best = min(ok, key=lambda n: s[n]["fid"]["mean"])
+    result["chosen"] = best
+    if best in c and "centroid" in c and "k-same-pixel" in c:
+        a = c[best]
+        result["confirmation"] = {"mia_ratio": a["mia_ratio_to_chance"], "mia_ok": a["mia_ratio_to_chance"]["mean"] <= target,
+                                  "vs_centroid": _beats(a, c["centroid"]), "vs_k_same_pixel": _beats(a, c["k-same-pixel"])}
+    return result
+
+
+def _ms(x: dict, f: str = ".1f") -> str:
+    return f"{x['mean']:{f}} ± {x['se']:{f}}"
+
+
+def write_draws_table(path: Path, result: dict, sweep_k: int) -> None:
+    meta, ref = result["meta"] or {}, result["reference"] or {}
+    lines = ["# k-SALSA on a larger site, repeated disjoint draws (phantom fundus, 64 px, CPU)", "",
+             f"Command: `{meta.get('command')}`", ""]
+    if meta:
+        lines += [f"Site: {meta['site_images']} images of {meta['site_patients']} patients in {meta['draws']} disjoint "
+                  f"draws of {meta['draw_patients']} patients (each clustered, released and attacked on its own); "
+                  f"held-out real: {meta['heldout_images']} images of other patients; alignment steps {meta['alignment_steps']}; "
+                  f"{meta['cpus']} CPUs shared (load average at the end {meta['load_average_at_end'][0]:.1f}); "
+                  f"finished {meta['time_utc']}.", "",
+                  f"Selection draws {result['sets']['selection']}, confirmation draws {result['sets']['confirmation']}. "
+                  "Figures are mean ± standard error over draws; 'pooled' = one FID / one classifier over all draws' outputs.", ""]
+    if ref:
+        pd = ref["per_draw"]
+        inv = ref["inversion"]
+        lines += [f"Reference (mean over draws): FID(draw's real images, held-out) {np.mean([p['fid_site_real_vs_heldout'] for p in pd]):.1f}; "
+                  f"FID(draw's reconstructions, held-out) {np.mean([p['fid_reconstructions_vs_heldout'] for p in pd]):.1f}; "
+                  f"PSNR encoder only {np.mean([p['encoder_only_psnr_db'] for p in pd]):.2f} dB, after {inv['optimisation_steps']} "
+                  f"optimisation steps {np.mean([p['optimised_psnr_db'] for p in pd]):.2f} dB "
+                  f"({inv['optimised_cpu_seconds_per_image']:.2f} CPU s/image); generator sample FID "
+                  f"{ref['fid_generator_samples_vs_heldout']:.1f}; classifier trained on a draw's 60 real images: accuracy "
+                  f"{_ms(_mean_se([p['classifier_trained_on_draw_real']['accuracy'] for p in pd]), '.3f')}, QWK "
+                  f"{_ms(_mean_se([p['classifier_trained_on_draw_real']['qwk'] for p in pd]), '.3f')}; grade probe "
+                  f"(trained on the other draws' real images) held-out accuracy "
+                  f"{np.mean([p['grade_probe_heldout_accuracy'] for p in pd]):.3f}.", ""]
+    rb = result.get("recon_before_finetune")
+    if rb and ref:
+        sub = ref["recon_subset_psnr_db"]
+        lines += [f"Generator fine-tune: before (trained on draw 0 only, {rb['train']['gan_steps']} steps): sample FID "
+                  f"{rb['fid_generator_samples_vs_heldout']:.1f}, encoder-only PSNR {np.mean(rb['encoder_only_psnr_db']):.2f} dB, "
+                  f"optimised PSNR on the check subset {np.mean(rb['optimised_psnr_db_subset']):.2f} dB; after "
+                  f"({meta['train']['gan_steps']} steps on all {meta['site_images']} images): sample FID "
+                  f"{ref['fid_generator_samples_vs_heldout']:.1f}, encoder-only PSNR "
+                  f"{np.mean(ref['inversion']['encoder_only_psnr_db']) if 'encoder_only_psnr_db' in ref['inversion'] else float('nan'):.2f} dB (all), "
+                  f"optimised PSNR on the same subset {sub['optimised']:.2f} dB.", ""]
+    head = ("| k | method | groups/draw | FID | FID of as many real | FID pooled | accuracy | QWK | accuracy pooled | "
+            "MIA ratio Lite0 | MIA ratio Inception | label purity | probe = label | s/average (gen + feat) |")
+    for set_name in ("all", "selection", "confirmation"):
+        aggs = result["summary"][set_name]
+        if not aggs:
+            continue
+        lines += [f"## {set_name} draws {result['sets'][set_name]}", "", head, "|" + "---|" * 14]
+        for a in aggs:
+            lines.append(
+                f"| {a['k']} | {a['name']} | {a['groups_per_draw']} | {_ms(a['fid'])} | {_ms(a['fid_real_same_n'])} | "
+                f"{a['pooled']['fid']:.1f} | {_ms(a['cls_accuracy'], '.3f')} | {_ms(a['cls_qwk'], '.3f')} | "
+                f"{a['pooled']['accuracy']:.3f} | {_ms(a['mia_ratio_to_chance'], '.2f')} | "
+                f"{_ms(a['mia_inception_ratio_to_chance'], '.2f')} | {a['label_purity']['mean']:.2f} | "
+                f"{a['probe_agrees_with_label']['mean']:.2f} | "
+                + (f"{a['seconds_per_average']['mean']:.2f} ({a['generator_seconds_per_average']['mean']:.2f} + "
+                   f"{a['feature_seconds_per_average']['mean']:.2f}) |" if a["method"] == "ksalsa" else "|"))
+        lines.append("")
+    lines += ["## Paired differences (same draws and groups; mean ± SE over draws)", "",
+              "| set | comparison | ΔFID | Δaccuracy | ΔQWK | ΔMIA Lite0 | ΔMIA Inception |", "|---|---|---|---|---|---|---|"]
+    for s, comps in result["paired"].items():
+        for name, d in comps.items():
+            if d:
+                lines.append(f"| {s} | {name} | {_ms(d['fid'])} | {_ms(d['cls_accuracy'], '.3f')} | {_ms(d['cls_qwk'], '.3f')} | "
+                             f"{_ms(d['mia_ratio_to_chance'], '.2f')} | {_ms(d['mia_inception_ratio_to_chance'], '.2f')} |")
+    op = result["operating_point"]
+    lines += ["", "## Operating point (content weight) chosen on the selection draws", "", f"Rule: {op.get('rule')}", "",
+              f"Qualifying on selection draws: {op.get('qualifying')}; chosen: {op.get('chosen')}.",
+              f"Confirmation: {op.get('confirmation')}" if op.get("confirmation") else "", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_draws(out: Path, aggs: list[dict], sweep_k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name in ("ksalsa c=100", "centroid", "k-same-pixel", "k-same-eigen"):
+        rs = sorted((a for a in aggs if a["name"] == name), key=lambda a: a["k"])
+        ks = [a["k"] for a in rs]
+        for ax, m in zip(axes, ("fid", "cls_accuracy", "mia_ratio_to_chance")):
+            ax.errorbar(ks, [a[m]["mean"] for a in rs], yerr=[a[m]["se"] for a in rs], fmt="o-", capsize=3, label=name)
+    for ax, title in zip(axes, ("FID to held-out real (per draw; lower is better)", "grade accuracy, synthetic-trained",
+                                "membership top-k precision / chance (Lite0)")):
+        ax.set_xlabel("k")
+        ax.set_title(title, fontsize=9)
+    axes[2].axhline(1.5, color="grey", linestyle=":", linewidth=1)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "metrics_vs_k.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    at_k = [a for a in aggs if a["k"] == sweep_k]
+    for ax, m, title in ((axes[0], "fid", "FID (lower is better)"), (axes[1], "cls_accuracy", "accuracy (higher is better)")):
+        for a in at_k:
+            for attacker, marker in (("mia_ratio_to_chance", "o"), ("mia_inception_ratio_to_chance", "x")):
+                ax.errorbar(a[attacker]["mean"], a[m]["mean"], xerr=a[attacker]["se"], yerr=a[m]["se"], fmt=marker,
+                            capsize=2, color=_colour(a["name"]), alpha=1.0 if marker == "o" else 0.45,
+                            label=a["name"] if marker == "o" else None)
+        ax.axvline(1.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("membership ratio to chance (o: Lite0 attacker, x: Inception attacker)")
+        ax.set_title(f"k={sweep_k}: {title} vs leakage, mean ± SE over draws", fontsize=9)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "content_weight_curve.png", dpi=110)
+    plt.close(fig)
+
+
+def _colour(name: str) -> str:
+    palette = {"centroid": "tab:orange", "k-same-pixel": "tab:green", "k-same-eigen": "tab:red"}
+    for key, c in palette.items():
+        if name.startswith(key):
+            return c
+    cws = {"100": "#08306b", "30": "#2171b5", "10": "#4292c6", "3": "#6baed6", "1": "#9ecae1"}
+    cw = name.split("c=")[1].split()[0] if "c=" in name else ""
+    return cws.get(cw, "tab:purple") if "by-grade" not in name else "tab:purple"
+
+
+def grid_draws(path: Path, site_rgb: np.ndarray, recon_rgb: np.ndarray, store: dict, rows: list[dict], k: int,
+               draw: int = 0, columns: int = 8) -> None:
+    """Rows: the draw's first photographs, their inversions, then one output per group for every method at k."""
+    from agent.phantoms.png_writers import write_png
+
+    names = list(dict.fromkeys(r["name"] for r in rows if r["k"] == k and r["draw"] == draw))
+    grid_rows = [site_rgb[:columns], recon_rgb[:columns]] + [store[f"{k}|{n}|{draw}|img"][:columns] for n in names]
+    tile = site_rgb.shape[1]
+    canvas = np.full((len(grid_rows) * (tile + 2), columns * (tile + 2), 3), 255, dtype=np.uint8)
+    for r, imgs in enumerate(grid_rows):
+        for c, im in enumerate(imgs):
+            canvas[r * (tile + 2): r * (tile + 2) + tile, c * (tile + 2): c * (tile + 2) + tile] = im
+    write_png(path, canvas)
+    path.with_suffix(".txt").write_text("rows: site photographs (draw 0); their inversions; " + "; ".join(names) + "\n")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     torch.set_num_threads(1)
@@ -461,6 +981,27 @@ def main() -> None:
     sub.choices["eval"].add_argument("--opt-feature-resolution", type=int, default=128,
                                      help="edge the reconstruction loss resizes to before the feature network")
     sub.choices["eval"].add_argument("--ks", default="5,2,10", help="k values in run order (default 5,2,10)")
+    for name in ("draws", "summarise", "recon"):
+        p = sub.add_parser(name)
+        p.add_argument("--work", default="/tmp/ks3/work")
+        p.add_argument("--site-patients", type=int, default=300)
+        p.add_argument("--heldout-patients", type=int, default=200)
+        p.add_argument("--draw-patients", type=int, default=50)
+        p.add_argument("--out", default="benchmarks/results/ksalsa/larger-site-repeated-draws")
+        p.add_argument("--steps", type=int, default=100)
+        p.add_argument("--style-weight", type=float, default=AlignmentSettings.style_weight)
+        p.add_argument("--opt-steps", type=int, default=200)
+        p.add_argument("--opt-feature-resolution", type=int, default=64)
+        p.add_argument("--ks", default="5,2,10")
+        p.add_argument("--sweep-k", type=int, default=5)
+        p.add_argument("--content-weights", default="100,30,10,3,1")
+        p.add_argument("--by-grade", action="store_true", help="also release with groups formed within each grade")
+        p.add_argument("--selection-draws", default="", help="draws used to choose the content weight (default: first half)")
+        p.add_argument("--mia-target", type=float, default=1.5)
+        p.add_argument("--recon-before", default="", help="JSON of the recon stage run on the models before the fine-tune")
+        p.add_argument("--recon-subset", type=int, default=12, help="images per draw in the before/after reconstruction check")
+        p.add_argument("--resume", action="store_true")
+        p.add_argument("--out-json", default="/tmp/ks3/recon.json")
     replot = sub.add_parser("plot", help="redraw metrics_vs_k.png from results.json")
     replot.add_argument("--out", default="benchmarks/results/ksalsa")
     args = ap.parse_args()
@@ -468,6 +1009,12 @@ def main() -> None:
         plot(Path(args.out), json.loads((Path(args.out) / "results.json").read_text())["rows"])
     elif args.stage == "train":
         train(args)
+    elif args.stage == "draws":
+        draws(args)
+    elif args.stage == "summarise":
+        summarise_draws(args)
+    elif args.stage == "recon":
+        recon_check(args)
     else:
         evaluate(args)
 
