@@ -771,6 +771,9 @@ def summarise_draws(args: argparse.Namespace) -> None:
             paired["all"][f"k={k}: ksalsa c=100 - k-same-pixel"] = _paired(rows, k, "ksalsa c=100", "k-same-pixel", sets["all"])
     choice = _choose(summary["selection"], summary["confirmation"], sweep_k, args.mia_target)
     recon_before = json.loads(Path(args.recon_before).read_text()) if args.recon_before else None
+    if recon_before and (work / "inversion_cache.pt").exists():
+        recon_before = {**recon_before, "comparison": _recon_comparison(recon_before, torch.load(work / "inversion_cache.pt")["inversion"],
+                                                                        data, args.draw_patients, work)}
     result = {"meta": (ref or {}).get("meta"), "reference": (ref or {}).get("reference"), "recon_before_finetune": recon_before,
               "sets": sets, "summary": summary, "paired": paired, "operating_point": choice, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -778,6 +781,30 @@ def summarise_draws(args: argparse.Namespace) -> None:
     plot_draws(out, summary["all"], sweep_k)
     if (work / "site_rgb.npy").exists():
         grid_draws(out / "grid.png", np.load(work / "site_rgb.npy"), np.load(work / "recon_rgb.npy"), store, rows, sweep_k)
+
+
+def _recon_comparison(before: dict, inversion: dict, data: Data, draw_patients: int, work: Path) -> dict:
+    """Mean PSNR before/after the fine-tune, split into draw 0 (the generator's original training set) and the rest."""
+    from agent.ksalsa.task import SiteModels, load_models
+
+    draw_of = np.array([_patient_number(im.patient_key) // draw_patients for im in data.site])
+    sub = np.array(before["subset"])
+    after_opt = inversion.get("optimised_psnr_db")
+    if after_opt is None:  # the cache holds the codes; recompute the per-image PSNR of the optimised inversion
+        inverter, _ = load_models(SiteModels(work / "models" / "stylegan.pt", work / "models" / "encoder.pt"))
+        ws = torch.load(work / "inversion_cache.pt")["ws"]
+        after_opt = _psnr(_synth(inverter.generator, ws), prepare_images(data.site, RESOLUTION)).tolist()
+    out = {}
+    for label, mask in (("draw 0 (in the original GAN training set)", draw_of == 0), ("draws 1+ (new to the original GAN)", draw_of != 0)):
+        in_sub = mask[sub]
+        out[label] = {
+            "encoder_only_psnr_db_before": float(np.mean(np.array(before["encoder_only_psnr_db"])[mask])),
+            "encoder_only_psnr_db_after": float(np.mean(np.array(inversion["encoder_only_psnr_db"])[mask])),
+            "optimised_psnr_db_before_subset": float(np.mean(np.array(before["optimised_psnr_db_subset"])[in_sub])),
+            "optimised_psnr_db_after_subset": float(np.mean(np.array(after_opt)[sub[in_sub]])),
+            "subset_images": int(in_sub.sum()),
+        }
+    return out
 
 
 def _beats(a: dict, b: dict) -> dict[str, bool]:
@@ -848,13 +875,19 @@ def write_draws_table(path: Path, result: dict, sweep_k: int) -> None:
     rb = result.get("recon_before_finetune")
     if rb and ref:
         sub = ref["recon_subset_psnr_db"]
-        lines += [f"Generator fine-tune: before (trained on draw 0 only, {rb['train']['gan_steps']} steps): sample FID "
-                  f"{rb['fid_generator_samples_vs_heldout']:.1f}, encoder-only PSNR {np.mean(rb['encoder_only_psnr_db']):.2f} dB, "
-                  f"optimised PSNR on the check subset {np.mean(rb['optimised_psnr_db_subset']):.2f} dB; after "
-                  f"({meta['train']['gan_steps']} steps on all {meta['site_images']} images): sample FID "
-                  f"{ref['fid_generator_samples_vs_heldout']:.1f}, encoder-only PSNR "
-                  f"{np.mean(ref['inversion']['encoder_only_psnr_db']) if 'encoder_only_psnr_db' in ref['inversion'] else float('nan'):.2f} dB (all), "
-                  f"optimised PSNR on the same subset {sub['optimised']:.2f} dB.", ""]
+        lines += [f"Generator fine-tune: before (trained on draw 0's 60 images only, {rb['train']['gan_steps']} steps): sample FID "
+                  f"{rb['fid_generator_samples_vs_heldout']:.1f}, optimised-inversion PSNR on the check subset "
+                  f"({len(rb['subset'])} images, {len(rb['subset']) // meta['draws']} per draw) {np.mean(rb['optimised_psnr_db_subset']):.2f} dB; "
+                  f"after ({meta['train']['gan_steps']} steps, the last {meta['train']['gan_steps'] - rb['train']['gan_steps']} "
+                  f"on all {meta['site_images']} images): sample FID {ref['fid_generator_samples_vs_heldout']:.1f}, same subset "
+                  f"{sub['optimised']:.2f} dB.", ""]
+        if "comparison" in rb:
+            lines += ["| images | encoder-only PSNR before | after | optimised PSNR before (subset) | after (subset) |",
+                      "|---|---|---|---|---|"]
+            for label, c in rb["comparison"].items():
+                lines.append(f"| {label} | {c['encoder_only_psnr_db_before']:.2f} | {c['encoder_only_psnr_db_after']:.2f} | "
+                             f"{c['optimised_psnr_db_before_subset']:.2f} | {c['optimised_psnr_db_after_subset']:.2f} |")
+            lines.append("")
     head = ("| k | method | groups/draw | FID | FID of as many real | FID pooled | accuracy | QWK | accuracy pooled | "
             "MIA ratio Lite0 | MIA ratio Inception | label purity | probe = label | s/average (gen + feat) |")
     for set_name in ("all", "selection", "confirmation"):
