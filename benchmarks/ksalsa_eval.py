@@ -913,7 +913,7 @@ def write_draws_table(path: Path, result: dict, sweep_k: int) -> None:
                 lines.append(f"| {s} | {name} | {_ms(d['fid'])} | {_ms(d['cls_accuracy'], '.3f')} | {_ms(d['cls_qwk'], '.3f')} | "
                              f"{_ms(d['mia_ratio_to_chance'], '.2f')} | {_ms(d['mia_inception_ratio_to_chance'], '.2f')} |")
     op = result["operating_point"]
-    lines += ["", "## Operating point (content weight) chosen on the selection draws", "", f"Rule: {op.get('rule')}", "",
+    lines += ["", "## Operating point (content weight) chosen on the selection draws", "", " ".join(str(op.get("rule")).split()), "",
               f"Qualifying on selection draws: {op.get('qualifying')}; chosen: {op.get('chosen')}.",
               f"Confirmation: {op.get('confirmation')}" if op.get("confirmation") else "", ""]
     path.write_text("\n".join(lines) + "\n")
