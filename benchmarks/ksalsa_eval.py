@@ -277,12 +277,10 @@ def evaluate(args: argparse.Namespace) -> None:
     G = inverter.generator
 
     def reconstruction(ws: torch.Tensor) -> tuple[np.ndarray, dict[str, float]]:
-        with torch.no_grad():
-            recon = G.synthesis(ws, noise_mode="const").clamp(-1, 1)
-        mse = (recon - site_x).square().flatten(1).mean(1)  # [-1, 1] units: PSNR with peak-to-peak 2
+        recon = _synth(G, ws)
         rgb = _to_uint8(recon)
         return rgb, {"fid_vs_heldout": fid(inception.features(rgb), held_inc),
-                     "psnr_db": float((10 * torch.log10(4.0 / mse)).mean())}
+                     "psnr_db": float(_psnr(recon, site_x).mean())}
 
     # One inversion of the site's images, shared by every method and k (clusters depend on it).
     c0 = time.process_time()
@@ -416,8 +414,15 @@ def plot(out: Path, rows: list[dict]) -> None:
         axes[0].plot(ks, [r["fid"] for r in rs], "o-", label=method.value)
         axes[1].plot(ks, [r["cls_accuracy"] for r in rs], "o-", label=method.value)
         axes[2].plot(ks, [r["mia_ratio_to_chance"] for r in rs], "o-", label=method.value)
-    for ax, title in zip(axes, ("FID to held-out real (lower is better)", "grade accuracy, synthetic-trained",
-                                "membership top-k precision / chance")):
+    _save_metrics_vs_k(fig, axes, out, ("FID to held-out real (lower is better)", "grade accuracy, synthetic-trained",
+                                        "membership top-k precision / chance"))
+
+
+def _save_metrics_vs_k(fig, axes, out: Path, titles: tuple[str, str, str]) -> None:
+    """Titles, the 1.5x membership target line and the legend, then ``metrics_vs_k.png``."""
+    import matplotlib.pyplot as plt
+
+    for ax, title in zip(axes, titles):
         ax.set_xlabel("k")
         ax.set_title(title, fontsize=9)
     axes[2].axhline(1.5, color="grey", linestyle=":", linewidth=1)
@@ -772,7 +777,7 @@ def summarise_draws(args: argparse.Namespace) -> None:
     choice = _choose(summary["selection"], summary["confirmation"], sweep_k, args.mia_target)
     recon_before = json.loads(Path(args.recon_before).read_text()) if args.recon_before else None
     if recon_before and (work / "inversion_cache.pt").exists():
-        recon_before = {**recon_before, "comparison": _recon_comparison(recon_before, torch.load(work / "inversion_cache.pt")["inversion"],
+        recon_before = {**recon_before, "comparison": _recon_comparison(recon_before, torch.load(work / "inversion_cache.pt"),
                                                                         data, args.draw_patients, work)}
     result = {"meta": (ref or {}).get("meta"), "reference": (ref or {}).get("reference"), "recon_before_finetune": recon_before,
               "sets": sets, "summary": summary, "paired": paired, "operating_point": choice, "rows": rows}
@@ -783,17 +788,19 @@ def summarise_draws(args: argparse.Namespace) -> None:
         grid_draws(out / "grid.png", np.load(work / "site_rgb.npy"), np.load(work / "recon_rgb.npy"), store, rows, sweep_k)
 
 
-def _recon_comparison(before: dict, inversion: dict, data: Data, draw_patients: int, work: Path) -> dict:
-    """Mean PSNR before/after the fine-tune, split into draw 0 (the generator's original training set) and the rest."""
+def _recon_comparison(before: dict, cache: dict, data: Data, draw_patients: int, work: Path) -> dict:
+    """Mean PSNR before/after the fine-tune, split into draw 0 (the generator's original training set) and the rest.
+
+    ``cache`` is the draws stage's inversion cache (``inversion`` figures and the codes ``ws``)."""
     from agent.ksalsa.task import SiteModels, load_models
 
     draw_of = np.array([_patient_number(im.patient_key) // draw_patients for im in data.site])
     sub = np.array(before["subset"])
+    inversion = cache["inversion"]
     after_opt = inversion.get("optimised_psnr_db")
     if after_opt is None:  # the cache holds the codes; recompute the per-image PSNR of the optimised inversion
         inverter, _ = load_models(SiteModels(work / "models" / "stylegan.pt", work / "models" / "encoder.pt"))
-        ws = torch.load(work / "inversion_cache.pt")["ws"]
-        after_opt = _psnr(_synth(inverter.generator, ws), prepare_images(data.site, RESOLUTION)).tolist()
+        after_opt = _psnr(_synth(inverter.generator, cache["ws"]), prepare_images(data.site, RESOLUTION)).tolist()
     out = {}
     for label, mask in (("draw 0 (in the original GAN training set)", draw_of == 0), ("draws 1+ (new to the original GAN)", draw_of != 0)):
         in_sub = mask[sub]
@@ -931,15 +938,8 @@ def plot_draws(out: Path, aggs: list[dict], sweep_k: int) -> None:
         ks = [a["k"] for a in rs]
         for ax, m in zip(axes, ("fid", "cls_accuracy", "mia_ratio_to_chance")):
             ax.errorbar(ks, [a[m]["mean"] for a in rs], yerr=[a[m]["se"] for a in rs], fmt="o-", capsize=3, label=name)
-    for ax, title in zip(axes, ("FID to held-out real (per draw; lower is better)", "grade accuracy, synthetic-trained",
-                                "membership top-k precision / chance (Lite0)")):
-        ax.set_xlabel("k")
-        ax.set_title(title, fontsize=9)
-    axes[2].axhline(1.5, color="grey", linestyle=":", linewidth=1)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "metrics_vs_k.png", dpi=110)
-    plt.close(fig)
+    _save_metrics_vs_k(fig, axes, out, ("FID to held-out real (per draw; lower is better)",
+                                        "grade accuracy, synthetic-trained", "membership top-k precision / chance (Lite0)"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     at_k = [a for a in aggs if a["k"] == sweep_k]

@@ -62,9 +62,7 @@ def test_lost_reply_and_crashed_round_are_claimed_in_the_next_reply(tmp_path, ti
         return replies
 
     transport.exchange = lossy_exchange
-    plan = FederationPlan(task=Task.STYLEGAN_DP, rounds=4, architecture="tiny16", patch_size=16, patches_per_volume=2,
-                          local_steps=2, target_epsilon=6.0, delta=1e-5, expected_batch_patients=3,
-                          dataset_id="fundus", consortium_budget=20.0, synth_count=0, run_id="run-recover")
+    plan = _plan(rounds=4, local_steps=2, run_id="run-recover")
     out = tmp_path / "out"
     result = run_session(transport, plan, SessionPaths(out, keys))
 
@@ -102,15 +100,11 @@ def test_reply_with_a_prior_claim_of_another_site_is_rejected(tmp_path, tiny_fun
         replies = exchange(requests, round_=round_, timeout_s=timeout_s)
         if round_ == 1:  # hospital-a's reply carries hospital-b's claim as an "earlier" claim
             a, b = replies[100], replies[101]
-            forged = dataclasses.replace(a.message, prior_claims=(b.message.claim,))
-            replies[100] = m.Envelope(forged, a.arrays, a.metrics)
+            replies[100] = _with_prior_claims(a, b.message.claim)
         return replies
 
     transport.exchange = smuggling_exchange
-    plan = FederationPlan(task=Task.STYLEGAN_DP, rounds=1, architecture="tiny16", patch_size=16, patches_per_volume=2,
-                          local_steps=1, target_epsilon=6.0, delta=1e-5, expected_batch_patients=3,
-                          dataset_id="fundus", consortium_budget=20.0, synth_count=0, run_id="run-smuggle")
-    result = run_session(transport, plan, SessionPaths(tmp_path / "out", keys))
+    result = run_session(transport, _plan(rounds=1, local_steps=1, run_id="run-smuggle"), SessionPaths(tmp_path / "out", keys))
     rejected = [r for r in result.refusals if r["site"] == "hospital-a"]
     assert rejected and "is for site hospital-b" in str(rejected[0]["reason"])
     entries = (tmp_path / "out" / "ledger" / "ledger.jsonl").read_bytes().splitlines()
@@ -131,20 +125,27 @@ def test_resent_claim_that_differs_from_the_recorded_one_is_rejected(tmp_path, t
             first = SiteClaimLog(claim_log_path(site.state.root)).claims()[0].claim
             other = sign_claim(dataclasses.replace(first, epsilon=first.epsilon / 2, cumulative_epsilon=first.cumulative_epsilon / 2),
                                load_site_key(site))
-            reply = replies[100]
-            replies[100] = m.Envelope(dataclasses.replace(reply.message, prior_claims=(other.to_bytes(),)),
-                                      reply.arrays, reply.metrics)
+            replies[100] = _with_prior_claims(replies[100], other.to_bytes())
         return replies
 
     transport.exchange = equivocating_exchange
-    plan = FederationPlan(task=Task.STYLEGAN_DP, rounds=2, architecture="tiny16", patch_size=16, patches_per_volume=2,
-                          local_steps=1, target_epsilon=6.0, delta=1e-5, expected_batch_patients=3,
-                          dataset_id="fundus", consortium_budget=20.0, synth_count=0, run_id="run-equivocate")
-    result = run_session(transport, plan, SessionPaths(tmp_path / "out", keys))
+    result = run_session(transport, _plan(rounds=2, local_steps=1, run_id="run-equivocate"),
+                         SessionPaths(tmp_path / "out", keys))
     assert [r["round"] for r in result.refusals] == [2]
     assert "differs from the one the ledger holds" in str(result.refusals[0]["reason"])
     entries = (tmp_path / "out" / "ledger" / "ledger.jsonl").read_bytes().splitlines()
     assert [LedgerEntry.from_line(e).claim.site_seq for e in entries] == [0]
+
+
+def _plan(*, rounds: int, local_steps: int, run_id: str) -> FederationPlan:
+    return FederationPlan(task=Task.STYLEGAN_DP, rounds=rounds, architecture="tiny16", patch_size=16, patches_per_volume=2,
+                          local_steps=local_steps, target_epsilon=6.0, delta=1e-5, expected_batch_patients=3,
+                          dataset_id="fundus", consortium_budget=20.0, synth_count=0, run_id=run_id)
+
+
+def _with_prior_claims(reply: m.Envelope, *claims: bytes) -> m.Envelope:
+    """``reply`` as if the site had sent ``claims`` as its earlier claims (a forgery under test)."""
+    return m.Envelope(dataclasses.replace(reply.message, prior_claims=claims), reply.arrays, reply.metrics)
 
 
 def _enrolled(tmp_path: Path, *names: str):
