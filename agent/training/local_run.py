@@ -25,7 +25,7 @@ from agent.models.architectures import GanSpec, parse_architecture
 from agent.models.weights import sample_from_generator
 from agent.training.checkpoints import load_checkpoint, save_checkpoint
 from agent.training.export import PrivacyLabel, export_pairs
-from agent.training.gan_trainer import GanTrainer
+from agent.training.gan_trainer import GanTrainer, Hyperparameters
 from agent.training.local_round import (
     RoundPlan,
     check_plan_against_policy,
@@ -62,6 +62,9 @@ class RunConfig:
     sample_count: int = 256
     n_critic: int | None = None  # None: family default (see hyperparameters_for)
     learning_rate: float | None = None
+    # Decay of the generator weight EMA that the exported samples are drawn from (None: the raw
+    # generator). Post-processing of the generator, so no privacy cost; the weights file stays raw.
+    generator_ema: float | None = None
 
     def __post_init__(self) -> None:
         parse_architecture(self.architecture)
@@ -69,6 +72,7 @@ class RunConfig:
             raise ConfigError("steps, checkpoint_every and patches_per_volume must be >= 1, sample_count >= 0")
         if self.target_epsilon is not None and not 0 < self.target_epsilon < math.inf:
             raise ConfigError(f"target_epsilon: expected a finite number > 0 or null (no DP), got {self.target_epsilon}")
+        Hyperparameters(generator_ema=self.generator_ema)  # validates the decay with the trainer's own message
 
     def as_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -164,6 +168,7 @@ def train_locally(
         n_critic=run.n_critic or hp.n_critic,
         critic_lr=run.learning_rate or hp.critic_lr,
         generator_lr=run.learning_rate or hp.generator_lr,
+        generator_ema=run.generator_ema,
     )
     mech = mechanism_for(plan, num_patients=num_patients, num_patches=images.shape[0], hp=hp) if dp_on else None
     acc = open_accountant(site, run.dataset_id)
@@ -201,8 +206,9 @@ def train_locally(
             save_checkpoint(out_dir / CHECKPOINT_FILE, trainer.state_dict())
     bar.close()
     privacy = PrivacyLabel(math.inf, None, None) if mech is None else PrivacyLabel(epsilon, acc.delta, mech.unit.value)
-    pairs = sample_from_generator(trainer.generator, n=run.sample_count, seed=run.seed + 1)
-    meta = {"architecture": run.architecture, "patch_size": run.patch_size, "critic_steps": trainer.critic_steps}
+    pairs = sample_from_generator(trainer.sampling_generator, n=run.sample_count, seed=run.seed + 1)
+    meta = {"architecture": run.architecture, "patch_size": run.patch_size, "critic_steps": trainer.critic_steps,
+            "sampled_generator": "raw" if run.generator_ema is None else f"ema {run.generator_ema}"}
     if mech is not None:
         meta["mechanism"] = {"noise_multiplier": mech.noise_multiplier, "sample_rate": mech.sample_rate,
                              "max_grad_norm": mech.max_grad_norm, "accountant": acc.kind.value}
@@ -222,7 +228,9 @@ def _load_state(path: Path, run: RunConfig) -> dict[str, Any]:
         atomic_write_json(path, state)
         return state
     state = json.loads(path.read_text(encoding="utf-8"))
-    if state.get("config") != run.as_json():
+    stored = dict(state.get("config") or {})
+    stored.setdefault("generator_ema", None)  # runs started before the option existed sampled the raw generator
+    if stored != run.as_json():
         raise BadInputError(
             f"{path.parent} holds a run with a different configuration; resume it with the same settings or "
             "choose another --out folder"

@@ -105,3 +105,44 @@ def test_the_train_command_runs_from_a_patch_npz(make_site, patchset, tmp_path, 
                        "--steps", "2", "--epsilon", "2", "--batch-patients", "2", "--samples", "4", "--no-progress"])
     assert rc == 0
     assert "differential privacy per patient" in capsys.readouterr().out
+
+
+def test_a_run_with_a_generator_ema_exports_samples_of_the_ema(make_site, patchset, tmp_path, monkeypatch) -> None:
+    sampled = []
+    real_sample = local_run.sample_from_generator
+
+    def spy(generator, **kw):
+        sampled.append(generator)
+        return real_sample(generator, **kw)
+
+    monkeypatch.setattr(local_run, "sample_from_generator", spy)
+    built = []
+    real_init = GanTrainer.__init__
+
+    def keep(self, *a, **kw):
+        real_init(self, *a, **kw)
+        built.append(self)
+
+    monkeypatch.setattr(GanTrainer, "__init__", keep)
+    summary = _train(make_site(), patchset, _run(steps=2, generator_ema=0.99), tmp_path / "run")
+    trainer = built[0]
+    assert trainer.generator_ema is not None and sampled == [trainer.generator_ema]
+    doc = json.loads(summary.files["json"].read_text())
+    assert doc["sampled_generator"] == "ema 0.99"
+
+
+def test_a_bad_generator_ema_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="generator_ema"):
+        _run(generator_ema=1.5)
+
+
+def test_a_run_folder_from_before_the_ema_option_still_resumes(make_site, patchset, tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    config = _run(steps=2).as_json()
+    del config["generator_ema"]
+    (out / local_run.STATE_FILE).write_text(json.dumps(
+        {"config": config, "reserved_steps": 0, "non_private_recorded": False, "status": "running"}))
+    assert _train(make_site(), patchset, _run(steps=2), out).steps == 2
+    with pytest.raises(BadInputError, match="different configuration"):
+        _train(make_site(), patchset, _run(steps=2, generator_ema=0.9), out)
