@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agent.ksalsa.baselines import Method, centroid_latents, group_weights, k_same_eigen, k_same_pixel, to_tensor, to_uint8
+from agent.ksalsa.baselines import (Method, centroid_latents, group_weights, k_same_eigen, k_same_pixel, patient_weights,
+                                    to_tensor, to_uint8)
 from agent.ksalsa.clustering import Clustering, cluster_by_patient
 from agent.inversion.invert import OptimisationSettings
 from agent.ksalsa.style_alignment import AlignmentFeatures, AlignmentSettings, StepTimes, align_group
@@ -159,9 +160,16 @@ def make_averages(
             out = inverter.generator.synthesis(centroid_latents(ws, clustering, keys), noise_mode="const")  # type: ignore[union-attr]
     else:
         aligner = AlignmentFeatures(features, settings)  # type: ignore[arg-type]
+        anchor = None
+        if settings.shrink != 1.0:
+            # Site-wide mean over all N >= k patients (patient-weighted like the group means), so a
+            # shrunk start still derives from >= k patients and carries less of its own group.
+            pw = torch.as_tensor(patient_weights(keys), dtype=ws.dtype, device=ws.device)  # type: ignore[union-attr]
+            anchor = (ws * pw.view(-1, 1, 1)).sum(dim=0, keepdim=True)  # type: ignore[operator]
+            log.info("k-SALSA starts shrunk toward the site mean of %d patients (psi=%g)", len(set(keys)), settings.shrink)
         outs = []
         for idx, w in group_weights(clustering, keys):
-            result = align_group(inverter.generator, ws[idx], w.tolist(), aligner)  # type: ignore[union-attr,index]
+            result = align_group(inverter.generator, ws[idx], w.tolist(), aligner, anchor=anchor)  # type: ignore[union-attr,index]
             outs.append(result.image)
             for name in ("generator", "features", "optimiser", "steps"):
                 setattr(times, name, getattr(times, name) + getattr(result.times, name))

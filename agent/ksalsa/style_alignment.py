@@ -24,6 +24,17 @@ at 64 px, two real phantom photographs differ by about 1.3e7 in style and 0.17 i
 ``1e-6 * style`` and ``1e2 * content`` are of the same order (13 vs 17), as the paper intends.
 
 The targets (members' reconstructions and their features) are computed once per group.
+
+Two options that are not in the paper trade quality for less member-specific content (defaults
+keep the published method):
+
+* ``shrink`` (psi < 1): the start code is pulled toward the site-wide mean code ``w_site`` (the
+  patient-weighted mean over all N >= k patients of the release), ``w' = w_site + psi * (w_group -
+  w_site)``. Every output still derives from the group's >= k patients (plus the whole site's mean),
+  but the features that set the group apart, and so its members, are damped.
+* ``content_target="start"``: the content loss is measured against the start image ``G(w')``
+  (the group's, possibly shrunk, centroid) instead of each member's reconstruction, so the members
+  enter the optimisation only through their patch style statistics and the mean code.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from agent.inversion.invert import OptimisationSettings, learning_rate, synthesi
 from agent.stylegan.generator import Generator
 from protocols.errors import BadInputError
 
+CONTENT_TARGETS = ("members", "start")  # what the content loss compares the output with
+
 
 @dataclasses.dataclass(frozen=True)
 class AlignmentSettings:
@@ -55,10 +68,18 @@ class AlignmentSettings:
     content_layer: int = -1  # index into the extractor's list of maps: deepest
     style_layer: int = 0  # earliest map
     feature_size: int | None = None  # resize images to this edge before the feature network (None: as is)
+    shrink: float = 1.0  # psi: start from w_site + psi * (w_group - w_site); 1 = the published group mean
+    content_target: str = "members"  # "members" (published) or "start": the start image's own features
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.grid < 1:
             raise BadInputError(f"alignment settings: need steps >= 0, lr > 0, grid >= 1; got {self}")
+        # psi > 1 would extrapolate away from the site mean, i.e. amplify what is member-specific.
+        if not 0.0 <= self.shrink <= 1.0:
+            raise BadInputError(f"alignment settings: shrink (psi) must be in [0, 1], got {self.shrink}")
+        if self.content_target not in CONTENT_TARGETS:
+            raise BadInputError(f"alignment settings: content_target must be one of {CONTENT_TARGETS}, "
+                                f"got {self.content_target!r}")
 
     def schedule(self) -> OptimisationSettings:
         return OptimisationSettings(steps=self.steps, lr=self.lr, warmup=self.warmup, rampdown=self.rampdown)
@@ -68,10 +89,11 @@ class AlignmentSettings:
 class GroupTargets:
     """Everything the loss needs from a group's members, computed once."""
 
-    content: torch.Tensor  # (M, Dc) unit-normalised deep features of the reconstructions
+    content: torch.Tensor  # (T, Dc) unit-normalised deep features of the content targets
     patch_keys: torch.Tensor  # (M, P, Dp) unit-normalised flattened early-layer patches
     grams: torch.Tensor  # (M, P, C, C) Gram matrix of each patch
-    weights: torch.Tensor  # (M,) member weights summing to 1
+    weights: torch.Tensor  # (M,) member weights summing to 1 (style)
+    content_weights: torch.Tensor  # (T,) content-target weights summing to 1 (T = M, or 1 for the start image)
 
 
 @dataclasses.dataclass
@@ -124,17 +146,36 @@ def _grams_and_keys(style_map: torch.Tensor, grid: int) -> tuple[torch.Tensor, t
     return grams, keys
 
 
-def group_targets(G: Generator, member_ws: torch.Tensor, weights: Sequence[float], features: AlignmentFeatures
-                  ) -> GroupTargets:
-    """Reconstruct the members and compute their content and style targets (no gradients)."""
+def group_targets(G: Generator, member_ws: torch.Tensor, weights: Sequence[float], features: AlignmentFeatures,
+                  *, content_ws: torch.Tensor | None = None) -> GroupTargets:
+    """Reconstruct the members and compute their content and style targets (no gradients).
+
+    ``content_ws`` (1, num_ws, w_dim), if given, replaces the members as the content target (the
+    ``content_target="start"`` option); style targets always come from the members.
+    """
     if member_ws.ndim != 3 or member_ws.shape[0] != len(weights):
         raise BadInputError(f"member_ws: expected (M, num_ws, w_dim) for {len(weights)} members, got {tuple(member_ws.shape)}")
+    if content_ws is not None and (content_ws.ndim != 3 or content_ws.shape[0] != 1):
+        raise BadInputError(f"content_ws: expected one W+ code (1, num_ws, w_dim), got {tuple(content_ws.shape)}")
     with torch.no_grad():
         recon = synthesize(G, member_ws)
         content, style = features(recon)
         grams, keys = _grams_and_keys(style, features.settings.grid)
+        if content_ws is not None:
+            content = features(synthesize(G, content_ws))[0]
     w = torch.as_tensor(list(weights), dtype=recon.dtype, device=recon.device)
-    return GroupTargets(F.normalize(content.flatten(1), dim=-1), keys, grams, w / w.sum())
+    w = w / w.sum()
+    content_w = w if content_ws is None else torch.ones(1, dtype=recon.dtype, device=recon.device)
+    return GroupTargets(F.normalize(content.flatten(1), dim=-1), keys, grams, w, content_w)
+
+
+def shrink_toward(group_ws: torch.Tensor, anchor: torch.Tensor, psi: float) -> torch.Tensor:
+    """``anchor + psi * (group_ws - anchor)``: psi = 1 keeps the group code, psi = 0 gives the anchor."""
+    if not 0.0 <= psi <= 1.0:
+        raise BadInputError(f"shrink (psi) must be in [0, 1], got {psi}")
+    if anchor.shape[-2:] != group_ws.shape[-2:]:
+        raise BadInputError(f"anchor: expected a W+ code shaped like {tuple(group_ws.shape[-2:])}, got {tuple(anchor.shape)}")
+    return anchor + psi * (group_ws - anchor)
 
 
 def alignment_loss(image: torch.Tensor, targets: GroupTargets, features: AlignmentFeatures
@@ -143,7 +184,7 @@ def alignment_loss(image: torch.Tensor, targets: GroupTargets, features: Alignme
     s = features.settings
     content_map, style_map = features(image)
     out = F.normalize(content_map.flatten(1), dim=-1)  # (1, Dc)
-    content = ((1.0 - (targets.content * out).sum(dim=-1)) * targets.weights).sum()
+    content = ((1.0 - (targets.content * out).sum(dim=-1)) * targets.content_weights).sum()
     grams, keys = _grams_and_keys(style_map, s.grid)  # (1, P, C, C), (1, P, Dp)
     # Match each source patch to its most similar synthetic patch (the argmax carries no gradient).
     similarity = targets.patch_keys @ keys[0].T  # (M, P_src, P_syn)
@@ -155,8 +196,12 @@ def alignment_loss(image: torch.Tensor, targets: GroupTargets, features: Alignme
 
 
 def align_group(G: Generator, member_ws: torch.Tensor, weights: Sequence[float], features: AlignmentFeatures,
-                *, start: torch.Tensor | None = None) -> AlignmentResult:
+                *, start: torch.Tensor | None = None, anchor: torch.Tensor | None = None) -> AlignmentResult:
     """Optimise the group's W+ code from ``start`` (default: the weighted centroid of ``member_ws``).
+
+    With ``settings.shrink`` < 1 the start is first pulled toward ``anchor`` (the site-wide mean
+    code, (1, num_ws, w_dim)); with ``settings.content_target == "start"`` the content target is the
+    image of that (shrunk) start code. With ``steps=0`` the result is the image of the start code.
 
     Runs on the device of ``member_ws`` (CUDA or CPU); generator and extractor must be there too.
     The generator is frozen for the duration and restored afterwards.
@@ -164,17 +209,24 @@ def align_group(G: Generator, member_ws: torch.Tensor, weights: Sequence[float],
     Raises
     ------
     BadInputError
-        If the codes do not fit the generator or the feature maps are too small for the grid.
+        If the codes do not fit the generator, the feature maps are too small for the grid, or
+        ``shrink`` < 1 without an ``anchor``.
     """
     s = features.settings
     if member_ws.shape[1:] != (G.num_ws, G.cfg.w_dim):
         raise BadInputError(f"member_ws: expected (M, {G.num_ws}, {G.cfg.w_dim}), got {tuple(member_ws.shape)}")
+    if s.shrink != 1.0 and anchor is None:
+        raise BadInputError("shrink < 1 needs the site-wide mean W+ code as anchor (make_averages computes it)")
+    if start is None:
+        w = torch.as_tensor(list(weights), dtype=member_ws.dtype, device=member_ws.device)
+        start = (member_ws * (w / w.sum()).view(-1, 1, 1)).sum(dim=0, keepdim=True)
+    if s.shrink != 1.0:
+        start = shrink_toward(start, anchor.to(start.device, start.dtype), s.shrink)  # type: ignore[union-attr]
     grad_state = [p.requires_grad for p in G.parameters()]
     G.requires_grad_(False)
     try:
-        targets = group_targets(G, member_ws, weights, features)
-        if start is None:
-            start = (member_ws * targets.weights.view(-1, 1, 1)).sum(dim=0, keepdim=True)
+        targets = group_targets(G, member_ws, weights, features,
+                                content_ws=start if s.content_target == "start" else None)
         ws = start.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([ws], lr=s.lr, betas=(0.9, 0.999))
         schedule = s.schedule()

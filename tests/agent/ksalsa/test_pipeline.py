@@ -51,3 +51,21 @@ def test_precomputed_codes_give_the_same_release_as_inverting_inside(tiny_genera
     assert (inside.images == shared.images).all()
     with pytest.raises(BadInputError, match="one row per image"):
         make_averages(tiny_fundus, method=Method.CENTROID, k=3, inverter=inverter, ws=ws[:-1])
+
+
+def test_full_shrink_releases_the_site_mean_for_every_group(tiny_generator: nn.Module, tiny_fundus, lite0: nn.Module) -> None:
+    from agent.ksalsa.baselines import patient_weights, to_uint8
+    from agent.ksalsa.style_alignment import AlignmentSettings
+
+    G = tiny_generator
+    inverter = Inverter(G, _encoder(G), iterations=2)
+    ws = inverter.invert(prepare_images(tiny_fundus, G.cfg.resolution))
+    # psi=0, no alignment steps: every group starts (and stays) at the patient-weighted site mean.
+    out = make_averages(tiny_fundus, method=Method.KSALSA, k=3, inverter=inverter, features=lite0, ws=ws,
+                        settings=AlignmentSettings(steps=0, shrink=0.0))
+    assert len(out.clustering.groups) >= 2
+    assert all((im == out.images[0]).all() for im in out.images)
+    pw = torch.as_tensor(patient_weights([im.patient_key for im in tiny_fundus]), dtype=ws.dtype)
+    with torch.no_grad():
+        site_mean = G.synthesis((ws * pw.view(-1, 1, 1)).sum(0, keepdim=True), noise_mode="const")
+    assert abs(to_uint8(site_mean)[0].astype(int) - out.images[0].astype(int)).max() <= 1

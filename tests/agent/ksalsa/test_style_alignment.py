@@ -83,3 +83,48 @@ def test_runs_on_cuda(tiny_generator: nn.Module, lite0: nn.Module, member_codes:
     features = AlignmentFeatures(lite0.cuda(), AlignmentSettings(steps=3))
     result = align_group(G, member_codes.cuda(), [0.2] * 5, features)
     assert result.ws.is_cuda
+
+
+# -- privacy options (not in the paper; defaults keep the published method) ------------------------
+def test_privacy_options_are_validated() -> None:
+    for bad in (-0.1, 1.5):
+        with pytest.raises(BadInputError, match="shrink"):
+            AlignmentSettings(shrink=bad)
+    with pytest.raises(BadInputError, match="content_target"):
+        AlignmentSettings(content_target="centroid")
+    assert AlignmentSettings().shrink == 1.0 and AlignmentSettings().content_target == "members"
+
+
+def test_shrink_needs_an_anchor(tiny_generator: nn.Module, lite0: nn.Module, member_codes: torch.Tensor) -> None:
+    features = AlignmentFeatures(lite0, AlignmentSettings(steps=0, shrink=0.5))
+    with pytest.raises(BadInputError, match="anchor"):
+        align_group(tiny_generator, member_codes, [0.2] * 5, features)
+
+
+def test_shrink_starts_between_the_site_mean_and_the_group_mean(tiny_generator: nn.Module, lite0: nn.Module,
+                                                                member_codes: torch.Tensor) -> None:
+    anchor = torch.zeros(1, *member_codes.shape[1:])
+    centroid = member_codes.mean(dim=0, keepdim=True)
+    for psi in (1.0, 0.6, 0.0):
+        # steps=0: the output is the image of the (shrunk) start code.
+        result = align_group(tiny_generator, member_codes, [0.2] * 5,
+                             AlignmentFeatures(lite0, AlignmentSettings(steps=0, shrink=psi)), anchor=anchor)
+        assert torch.allclose(result.ws, psi * centroid, atol=1e-6)
+        with torch.no_grad():
+            assert torch.allclose(result.image, tiny_generator.synthesis(psi * centroid, noise_mode="const"), atol=1e-5)
+
+
+def test_content_target_start_uses_only_the_start_image(tiny_generator: nn.Module, lite0: nn.Module,
+                                                        member_codes: torch.Tensor) -> None:
+    features = AlignmentFeatures(lite0, AlignmentSettings(steps=10, content_target="start"))
+    centroid = member_codes.mean(dim=0, keepdim=True)
+    targets = group_targets(tiny_generator, member_codes, [0.2] * 5, features, content_ws=centroid)
+    assert targets.content.shape[0] == 1 and targets.content_weights.tolist() == [1.0]
+    assert targets.grams.shape[0] == 5  # style still from every member
+    with torch.no_grad():
+        _, content, _ = alignment_loss(tiny_generator.synthesis(centroid, noise_mode="const"), targets, features)
+    assert float(content) == pytest.approx(0.0, abs=1e-5)  # the start is its own content target
+    with pytest.raises(BadInputError, match="content_ws"):
+        group_targets(tiny_generator, member_codes, [0.2] * 5, features, content_ws=member_codes)
+    result = align_group(tiny_generator, member_codes, [0.2] * 5, features)
+    assert len(result.losses) == 10 and result.ws.shape == centroid.shape
