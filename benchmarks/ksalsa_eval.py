@@ -525,12 +525,18 @@ class Variant:
     method: Method
     content_weight: float | None = None  # k-SALSA only
     by_grade: bool = False  # cluster within each grade (every output has one grade)
+    shrink: float = 1.0  # psi toward the draw's mean code (k-SALSA; for the centroid: a shrunk centroid, no alignment)
+    content_target: str = "members"  # k-SALSA content loss against the members (published) or the start image
 
     @property
     def name(self) -> str:
         n = self.method.value
         if self.method is Method.KSALSA:
             n += f" c={self.content_weight:g}"
+        if self.shrink != 1.0:
+            n += f" psi={self.shrink:g}"
+        if self.content_target != "members":
+            n += f" content={self.content_target}"
         return n + (" by-grade" if self.by_grade else "")
 
 
@@ -540,14 +546,19 @@ def _release(images: list[FundusImage], ws: torch.Tensor, variant: Variant, k: i
     from agent.ksalsa.style_alignment import StepTimes
 
     settings = AlignmentSettings(steps=args.steps, content_weight=variant.content_weight or PUBLISHED_CONTENT,
-                                 style_weight=args.style_weight)
+                                 style_weight=args.style_weight, shrink=variant.shrink,
+                                 content_target=variant.content_target)
+    method = variant.method
+    if method is Method.CENTROID and variant.shrink != 1.0:
+        # A shrunk centroid is k-SALSA's start code without alignment steps (same anchor, same groups).
+        method, settings = Method.KSALSA, dataclasses.replace(settings, steps=0)
     parts = [np.arange(len(images))]
     if variant.by_grade:
         grades = np.array([im.grade for im in images])
         parts = [np.where(grades == g)[0] for g in sorted(set(grades.tolist()))]
     groups, outs, seconds, times = [], [], 0.0, StepTimes()
     for part in parts:
-        avg = make_averages([images[i] for i in part], method=variant.method, k=k, inverter=inverter, features=features,
+        avg = make_averages([images[i] for i in part], method=method, k=k, inverter=inverter, features=features,
                             settings=settings, ws=ws[part])
         groups += [[int(part[i]) for i in g.indices] for g in avg.clustering.groups]
         outs.append(avg.images)
@@ -558,9 +569,21 @@ def _release(images: list[FundusImage], ws: torch.Tensor, variant: Variant, k: i
 
 
 def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
-    """Run order: the content-weight sweep at the sweep k first, then by-grade groups, then the other k."""
-    cws = [float(c) for c in args.content_weights.split(",")]
+    """Run order: the content-weight sweep at the sweep k first, then by-grade groups, then the other k.
+
+    With ``--privacy-sweep`` only the sweep k: the published k-SALSA, the baselines, shrunk
+    centroids for every psi, and k-SALSA with every (content target, psi) combination."""
     base = [Variant(m) for m in BASELINES]
+    if args.privacy_sweep:
+        psis = [float(x) for x in args.shrink_psis.split(",") if x]
+        targets = [t for t in args.content_targets.split(",") if t]
+        variants = [Variant(Method.KSALSA, PUBLISHED_CONTENT)] + base + [Variant(Method.CENTROID, shrink=p) for p in psis]
+        variants += [Variant(Method.KSALSA, PUBLISHED_CONTENT, shrink=p, content_target=t) for t in targets
+                     for p in [1.0] + psis if (p, t) != (1.0, "members")]
+        for v in variants:  # fail before hours of work on a bad option
+            AlignmentSettings(shrink=v.shrink, content_target=v.content_target)
+        return [(args.sweep_k, variants)]
+    cws = [float(c) for c in args.content_weights.split(",")]
     out = [(args.sweep_k, [Variant(Method.KSALSA, c) for c in cws] + base)]
     if args.by_grade:
         out.append((args.sweep_k, [Variant(Method.KSALSA, PUBLISHED_CONTENT, True)] + [Variant(m, None, True) for m in BASELINES]))
@@ -664,6 +687,7 @@ def draws(args: argparse.Namespace) -> None:
                 row = {
                     "draw": d, "k": k, "name": variant.name, "method": variant.method.value,
                     "content_weight": variant.content_weight, "by_grade": variant.by_grade,
+                    "shrink": variant.shrink, "content_target": variant.content_target,
                     "groups": len(groups), "min_patients_per_group": min(len({site_keys[idx[i]] for i in g}) for g in groups),
                     "fid": fid(synth_inc, held_inc), "fid_real_same_n": fid(site_inc[idx[pick]], held_inc),
                     **{f"cls_{key}": v for key, v in grade_classifier(synth_emb, labels, held_emb, held_y).items()},
@@ -694,6 +718,7 @@ def draws(args: argparse.Namespace) -> None:
         "site_images": len(data.site), "site_patients": len(set(site_keys)), "draws": n_draws,
         "draw_patients": args.draw_patients, "heldout_images": len(data.heldout), "resolution": RESOLUTION,
         "alignment_steps": args.steps, "style_weight": args.style_weight, "selection_draws": _selection(args, n_draws),
+        "privacy_sweep": bool(args.privacy_sweep),
         "torch_threads": torch.get_num_threads(), "machine": platform.platform(), "cpus": os.cpu_count(),
         "load_average_at_end": os.getloadavg(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -767,7 +792,8 @@ def summarise_draws(args: argparse.Namespace) -> None:
     summary = {name: _aggregate(rows, store, held_inc, held_emb, held_y, site_inc, ds) for name, ds in sets.items()}
     sweep_k = args.sweep_k
     ks_names = sorted({r["name"] for r in rows if r["k"] == sweep_k and r["method"] == "ksalsa" and not r["by_grade"]})
-    paired = {s: {f"{a} - {b}": _paired(rows, sweep_k, a, b, ds) for a in ks_names
+    shrunk = sorted({r["name"] for r in rows if r["k"] == sweep_k and r["method"] == "centroid" and r.get("shrink", 1.0) != 1.0})
+    paired = {s: {f"{a} - {b}": _paired(rows, sweep_k, a, b, ds) for a in ks_names + shrunk
                   for b in ("centroid", "k-same-pixel")} for s, ds in sets.items()}
     paired["all"]["ksalsa c=100 by-grade - centroid by-grade"] = _paired(rows, sweep_k, "ksalsa c=100 by-grade", "centroid by-grade", sets["all"])
     for k in sorted({r["k"] for r in rows}):
@@ -784,6 +810,8 @@ def summarise_draws(args: argparse.Namespace) -> None:
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     write_draws_table(out / "results.md", result, sweep_k)
     plot_draws(out, summary["all"], sweep_k)
+    if any(r.get("shrink", 1.0) != 1.0 or r.get("content_target", "members") != "members" for r in rows):
+        plot_privacy_frontier(out / "mia_vs_fid.png", summary["all"], sweep_k, args.mia_target)
     if (work / "site_rgb.npy").exists():
         grid_draws(out / "grid.png", np.load(work / "site_rgb.npy"), np.load(work / "recon_rgb.npy"), store, rows, sweep_k)
 
@@ -819,11 +847,12 @@ def _beats(a: dict, b: dict) -> dict[str, bool]:
 
 
 def _choose(sel: list[dict], conf: list[dict], k: int, target: float) -> dict:
-    """Pick a content weight on the selection draws; check it on the confirmation draws.
+    """Pick a k-SALSA variant on the selection draws; check it on the confirmation draws.
 
-    Rule (fixed before the run): among k-SALSA content weights at ``k`` (latent grouping) whose mean
-    Lite0 membership ratio is <= ``target`` and whose mean FID and accuracy beat both the centroid and
-    k-Same-Pixel on the selection draws, take the lowest mean FID. None qualifies -> no operating point.
+    Rule (fixed before the run): among k-SALSA variants at ``k`` (latent grouping; content weights, or
+    the shrink/content-target options) whose mean Lite0 membership ratio is <= ``target`` and whose
+    mean FID and accuracy beat both the (unshrunk) centroid and k-Same-Pixel on the selection draws,
+    take the lowest mean FID. None qualifies -> no operating point.
     """
     def table(aggs):
         return {a["name"]: a for a in aggs if a["k"] == k and not a["by_grade"]}
@@ -920,7 +949,7 @@ def write_draws_table(path: Path, result: dict, sweep_k: int) -> None:
                 lines.append(f"| {s} | {name} | {_ms(d['fid'])} | {_ms(d['cls_accuracy'], '.3f')} | {_ms(d['cls_qwk'], '.3f')} | "
                              f"{_ms(d['mia_ratio_to_chance'], '.2f')} | {_ms(d['mia_inception_ratio_to_chance'], '.2f')} |")
     op = result["operating_point"]
-    lines += ["", "## Operating point (content weight) chosen on the selection draws", "", " ".join(str(op.get("rule")).split()), "",
+    lines += ["", "## Operating point (k-SALSA variant) chosen on the selection draws", "", " ".join(str(op.get("rule")).split()), "",
               f"Qualifying on selection draws: {op.get('qualifying')}; chosen: {op.get('chosen')}.",
               f"Confirmation: {op.get('confirmation')}" if op.get("confirmation") else "", ""]
     path.write_text("\n".join(lines) + "\n")
@@ -956,6 +985,47 @@ def plot_draws(out: Path, aggs: list[dict], sweep_k: int) -> None:
     fig.tight_layout()
     fig.savefig(out / "content_weight_curve.png", dpi=110)
     plt.close(fig)
+
+
+def plot_privacy_frontier(path: Path, aggs: list[dict], k: int, target: float) -> None:
+    """Membership ratio (both attackers) against FID and against accuracy: one point per variant at k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    at_k = [a for a in aggs if a["k"] == k and not a["by_grade"]]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for ax, m, title in ((axes[0], "fid", "FID to held-out real (lower is better)"),
+                         (axes[1], "cls_accuracy", "grade accuracy, synthetic-trained (higher is better)")):
+        for a in at_k:
+            c = _frontier_colour(a["name"])
+            x, y, yi = a[m], a["mia_ratio_to_chance"], a["mia_inception_ratio_to_chance"]
+            ax.errorbar(x["mean"], y["mean"], xerr=x["se"], yerr=y["se"], fmt="o", capsize=2, color=c, label=a["name"])
+            ax.errorbar(x["mean"], yi["mean"], yerr=yi["se"], fmt="x", capsize=2, color=c, alpha=0.4)
+            ax.annotate(a["name"].replace("ksalsa c=100", "kS").replace("content=start", "cs"), (x["mean"], y["mean"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(title)
+        ax.set_ylabel("membership top-k precision / chance (o: Lite0, x: Inception)")
+        ax.set_title(f"k={k}, mean ± SE over all draws", fontsize=9)
+    axes[0].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _frontier_colour(name: str) -> str:
+    base = {"centroid": "tab:orange", "k-same-pixel": "tab:green", "k-same-eigen": "tab:red"}
+    if name in base:
+        return base[name]
+    psi = float(name.split("psi=")[1].split()[0]) if "psi=" in name else 1.0
+    shade = {1.0: 0.95, 0.8: 0.75, 0.6: 0.55, 0.4: 0.35}.get(psi, 0.5)
+    cmap = {"centroid": "Oranges", "start": "Purples"}.get(
+        "centroid" if name.startswith("centroid") else "start" if "content=start" in name else "", "Blues")
+    import matplotlib
+
+    return matplotlib.colormaps[cmap](shade)
 
 
 def _colour(name: str) -> str:
@@ -1029,6 +1099,10 @@ def main() -> None:
         p.add_argument("--sweep-k", type=int, default=5)
         p.add_argument("--content-weights", default="100,30,10,3,1")
         p.add_argument("--by-grade", action="store_true", help="also release with groups formed within each grade")
+        p.add_argument("--privacy-sweep", action="store_true",
+                       help="only the sweep k: published k-SALSA, baselines, shrunk centroids, k-SALSA privacy variants")
+        p.add_argument("--shrink-psis", default="0.8,0.6,0.4", help="psi values toward the draw's mean code (privacy sweep)")
+        p.add_argument("--content-targets", default="members,start", help="k-SALSA content targets (privacy sweep)")
         p.add_argument("--selection-draws", default="", help="draws used to choose the content weight (default: first half)")
         p.add_argument("--mia-target", type=float, default=1.5)
         p.add_argument("--recon-before", default="", help="JSON of the recon stage run on the models before the fine-tune")
