@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agent.dp.critic_loss import CriticObjective, batch_critic_losses
+from agent.dp.critic_loss import CriticObjective, batch_critic_losses, fake_terms
 from agent.dp.mechanism import make_dp_optimizer, private_step
 from agent.dp.per_sample_grads import fast_per_sample_grads
 from agent.dp.sampling import UnitSampler
@@ -58,6 +58,19 @@ class Hyperparameters:
     # (off). Post-processing of the generator, which only ever sees the (DP) critic: no privacy cost.
     # See GanTrainer for what it changes (only what is sampled locally).
     generator_ema: float | None = None
+    # Learning-rate decay of BOTH optimisers, or None (constant lr). "linear" or "cosine" from the
+    # base lr down to 0 over the last (1 - lr_decay_start) of the planned critic steps; needs the
+    # trainer's ``total_steps``. A function of the step count only (data-free), so it costs no privacy,
+    # and it is recomputed from the checkpointed step count, so a resumed run gets the same lr.
+    lr_decay: str | None = None
+    lr_decay_start: float = 0.5  # fraction of the planned critic steps after which the decay begins
+    # DP only: take the gradient of the critic loss's fake-sample term (D(x~), or softplus(D(x~)))
+    # outside DP-SGD, exactly and without noise, instead of clipping and noising it with each real
+    # patch. That term is a function of the generator and the critic only -- both outputs of earlier
+    # DP steps -- and of data-free latents, so adding its gradient is post-processing (no privacy
+    # cost); the clipping budget C then goes to the real and penalty terms alone. See
+    # GanTrainer._public_fake_grads for why its batch size and weight are constants.
+    public_fake_term: bool = False
 
     def __post_init__(self) -> None:
         if self.n_critic < 1 or self.batch_size < 1 or self.patches_per_patient < 1:
@@ -70,6 +83,47 @@ class Hyperparameters:
             raise BadInputError(
                 f"generator_ema: expected a decay strictly between 0 and 1 (e.g. 0.999) or None, got {self.generator_ema!r}"
             )
+        if self.lr_decay is not None and self.lr_decay not in LR_DECAY_KINDS:
+            raise BadInputError(f"lr_decay: expected one of {LR_DECAY_KINDS} or None, got {self.lr_decay!r}")
+        if not (
+            isinstance(self.lr_decay_start, (int, float)) and math.isfinite(self.lr_decay_start)
+            and 0.0 <= self.lr_decay_start < 1.0
+        ):
+            raise BadInputError(
+                f"lr_decay_start: expected a fraction of the run in [0, 1) (e.g. 0.5), got {self.lr_decay_start!r}"
+            )
+
+
+LR_DECAY_KINDS = ("linear", "cosine")
+
+
+def lr_factor(kind: str | None, start_fraction: float, step: int, total_steps: int) -> float:
+    """Multiplier of the base lr for the update made at critic step ``step`` (0-based) of ``total_steps``.
+
+    1 until ``start = start_fraction * total_steps``; then "linear" falls as ``(T - step) / (T - start)``
+    and "cosine" as ``0.5 * (1 + cos(pi * (step - start) / (T - start)))``, so the last update
+    (step T - 1) still moves a little and anything past the plan gets 0. ``kind`` None gives 1.
+
+    Raises
+    ------
+    BadInputError
+        If ``kind`` is unknown or ``total_steps`` < 1.
+    """
+    if kind is None:
+        return 1.0
+    if kind not in LR_DECAY_KINDS:
+        raise BadInputError(f"lr_decay: expected one of {LR_DECAY_KINDS} or None, got {kind!r}")
+    if total_steps < 1:
+        raise BadInputError(f"total_steps: expected >= 1 for an lr decay, got {total_steps}")
+    start = start_fraction * total_steps
+    if step < start:
+        return 1.0
+    if step >= total_steps:
+        return 0.0
+    progress = (step - start) / (total_steps - start)  # in [0, 1)
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def ema_decay_at(decay: float, updates_done: int) -> float:
@@ -128,6 +182,9 @@ class GanTrainer:
         Seeds initialisation, latents and interpolation weights (never DP noise or sampling).
     weights:
         Optional starting weights (``generator.``/``critic.`` arrays).
+    total_steps:
+        Planned critic steps of the whole run; required when ``hp.lr_decay`` is set (the schedule
+        is a function of ``critic_steps / total_steps``), ignored otherwise.
 
     Generator EMA (``hp.generator_ema``): a shadow copy of the generator, updated after every
     generator step as ``ema = d_t * ema + (1 - d_t) * generator`` with
@@ -139,6 +196,12 @@ class GanTrainer:
     continues, and a trainer built from received ``weights`` starts its EMA from them. The EMA is
     saved in :meth:`state_dict` so that a resumed run continues it exactly. Off (None) by default,
     in which case nothing changes.
+
+    Lr decay (``hp.lr_decay``): before every critic and generator update both optimisers' lr is set
+    to ``base * lr_factor(...)`` of the current ``critic_steps``. As ``critic_steps`` is in the
+    checkpoint, a run resumed after a kill uses exactly the lr the uninterrupted run would have.
+    Federated rounds (:mod:`agent.training.local_round`) build a fresh trainer per round and do
+    not use it.
     """
 
     def __init__(
@@ -152,7 +215,14 @@ class GanTrainer:
         seed: int,
         weights: dict[str, np.ndarray] | None = None,
         device: torch.device | None = None,
+        total_steps: int | None = None,
     ) -> None:
+        if hp.lr_decay is not None and (total_steps is None or total_steps < 1):
+            raise BadInputError(
+                f"hp.lr_decay={hp.lr_decay!r} needs the planned number of critic steps: pass total_steps >= 1, "
+                f"got {total_steps!r}"
+            )
+        self.total_steps = total_steps
         self.device = device or torch.device("cpu")
         data = torch.as_tensor(np.asarray(patches), dtype=torch.float32)
         if data.dim() != 4 or data.shape[1] != 2 or data.shape[2:] != (spec.patch_size, spec.patch_size):
@@ -184,6 +254,11 @@ class GanTrainer:
             self.generator_ema = copy.deepcopy(self.generator)
             self.generator_ema.requires_grad_(False)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        # Draws whose COUNT is the private batch size (a DP step's paired fakes and interpolation
+        # weights) come from OS randomness under DP: from the seeded stream they would shift every
+        # later generator-step latent by an amount that depends on who was sampled, and the generator
+        # step is not noised. The seeded stream then advances by data-independent amounts only.
+        self.batch_rng = self.rng if dp is None else _secret_generator(self.device)
         betas = (hp.beta1, hp.beta2)
         self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=hp.generator_lr, betas=betas)
         critic_opt = torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr, betas=betas)
@@ -209,9 +284,39 @@ class GanTrainer:
         self.generator_steps = 0
 
     # -- steps --------------------------------------------------------------------------------
-    def _fakes(self, n: int) -> torch.Tensor:
+    def lr_factor_at(self, step: int) -> float:
+        """The lr multiplier of an update made at critic step ``step`` (1 without decay)."""
+        if self.hp.lr_decay is None or self.total_steps is None:
+            return 1.0
+        return lr_factor(self.hp.lr_decay, self.hp.lr_decay_start, step, self.total_steps)
+
+    def _apply_lr(self, optimizer: torch.optim.Optimizer, base_lr: float, step: int) -> None:
+        # Set (not scale) the lr every time, so it never depends on what a loaded optimiser state held.
+        if self.hp.lr_decay is None:
+            return
+        lr = base_lr * self.lr_factor_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    def _fakes(self, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return self.generator(self.generator.sample_latents(max(n, 2), self.rng, self.device))[:n]
+            return self.generator(self.generator.sample_latents(max(n, 2), rng or self.rng, self.device))[:n]
+
+    def _public_fake_grads(self) -> dict[str, torch.Tensor]:
+        """Gradient of the critic loss's fake-sample term for a DP step (``hp.public_fake_term``).
+
+        ``hp.batch_size`` fresh fakes, weighted ``hp.batch_size / expected_units``: in expectation the
+        same weight the paired fakes had inside the per-unit sums (one per drawn patch, averaged over
+        the expected units). Both are configuration constants on purpose: this gradient is released
+        unnoised, so it must not depend on how many patches the private Poisson draw returned.
+        """
+        assert self.dp is not None
+        fake = self._fakes(self.hp.batch_size)
+        weight = self.hp.batch_size / self.dp.expected_units
+        loss = fake_terms(self.critic(fake), self.objective).mean() * weight
+        named = [(n, p) for n, p in self.critic.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, [p for _, p in named])
+        return {n: g.detach() for (n, _), g in zip(named, grads)}
 
     def critic_step(self) -> float | None:
         """One critic iteration (= one accountant step under DP); returns the mean critic loss.
@@ -219,6 +324,7 @@ class GanTrainer:
         Under DP the returned loss is computed on private data and is NOT differentially private:
         it is for the local log only and must not leave the site.
         """
+        self._apply_lr(self.c_opt, self.hp.critic_lr, self.critic_steps)
         if self.sampler is None:
             idx = torch.randint(self.data.shape[0], (self.hp.batch_size,), generator=self.rng, device=self.device)
             real = self.data[idx]
@@ -236,8 +342,8 @@ class GanTrainer:
                 grads = {k: p.new_zeros((0, *p.shape)) for k, p in self.critic.named_parameters()}
                 value = None
             else:
-                fake = self._fakes(real.shape[0])
-                alpha = torch.rand(real.shape[0], generator=self.rng, device=self.device)
+                fake = self._fakes(real.shape[0], self.batch_rng)
+                alpha = torch.rand(real.shape[0], generator=self.batch_rng, device=self.device)
                 grads, losses = fast_per_sample_grads(
                     self.critic,
                     real,
@@ -246,9 +352,11 @@ class GanTrainer:
                     self.objective,
                     unit_index=batch.unit_index.to(self.device),
                     num_units=batch.num_units,
+                    fake_term=not self.hp.public_fake_term,
                 )
                 value = float(losses.mean())
-            private_step(self.c_opt, self.critic, grads)  # type: ignore[arg-type]
+            public = self._public_fake_grads() if self.hp.public_fake_term else None
+            private_step(self.c_opt, self.critic, grads, public)  # type: ignore[arg-type]
         self.critic.update_spectral_vectors()  # data-free power iteration (no-op without SN)
         self.critic_steps += 1
         return value
@@ -262,6 +370,9 @@ class GanTrainer:
         grads = torch.autograd.grad(loss, params)
         for p, g in zip(params, grads):
             p.grad = g
+        # A generator step follows critic step critic_steps - 1: it shares that step's factor (so the
+        # run's last generator update is not at the zero lr of step total_steps).
+        self._apply_lr(self.g_opt, self.hp.generator_lr, max(self.critic_steps - 1, 0))
         self.g_opt.step()
         self.g_opt.zero_grad(set_to_none=True)
         self.generator_steps += 1
@@ -313,6 +424,8 @@ class GanTrainer:
         if self.generator_ema is not None:
             state["generator_ema"] = self.generator_ema.state_dict()
             state["ema_updates"] = self.ema_updates
+        if self.hp.lr_decay is not None:
+            state["lr_decay_total_steps"] = self.total_steps
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -321,7 +434,8 @@ class GanTrainer:
         Raises
         ------
         BadInputError
-            If the state has a generator EMA and this trainer has none, or the other way round.
+            If the state has a generator EMA and this trainer has none, or the other way round, or the
+            state was saved with an lr decay planned for a different ``total_steps``.
         """
         has_ema = "generator_ema" in state
         if has_ema != (self.generator_ema is not None):
@@ -329,6 +443,12 @@ class GanTrainer:
                 "checkpoint and trainer disagree on the generator EMA: the checkpoint "
                 + ("has one but hp.generator_ema is None" if has_ema else "has none but hp.generator_ema is set")
                 + "; resume with the Hyperparameters the run was started with"
+            )
+        saved_total = state.get("lr_decay_total_steps")
+        if self.hp.lr_decay is not None and saved_total is not None and int(saved_total) != self.total_steps:
+            raise BadInputError(
+                f"checkpoint was planned for {int(saved_total)} critic steps but this trainer for {self.total_steps}: "
+                "the lr schedule would change on resume; pass the original total_steps"
             )
         self.generator.load_state_dict(state["generator"])
         self.critic.load_state_dict(state["critic"])
