@@ -58,12 +58,24 @@ class GanSpec:
     latent_dim: int = 128  # length of the generator's Gaussian input
     width: int = 64  # channels of the critic's first conv; the generator mirrors it
     generator_spectral_norm: bool = False  # optional SN in the generator (the critic's is fixed by the family)
+    # Critic width if it should differ from the generator's (None: ``width`` for both). Under DP the
+    # noise norm on the averaged critic gradient grows with sqrt(#critic parameters), so a narrower
+    # critic than generator is a way to spend the same epsilon on less total noise.
+    critic_width: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "architecture", parse_architecture(self.architecture))
         check_patch_size(self.patch_size)
         if self.latent_dim < 1 or self.width < 2:
             raise BadInputError(f"latent_dim and width must be positive, got {self.latent_dim}, {self.width}")
+        if self.critic_width is not None and (isinstance(self.critic_width, bool) or not isinstance(self.critic_width, int)
+                                              or self.critic_width < 2):
+            raise BadInputError(f"critic_width: expected an integer >= 2 or None, got {self.critic_width!r}")
+
+    @property
+    def effective_critic_width(self) -> int:
+        """Channels of the critic's first conv: ``critic_width`` if set, else ``width``."""
+        return self.width if self.critic_width is None else self.critic_width
 
 
 def check_patch_size(patch_size: int) -> None:

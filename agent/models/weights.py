@@ -30,7 +30,7 @@ def build_generator(spec: GanSpec) -> ConvGenerator:
 
 def build_critic(spec: GanSpec) -> ConvCritic:
     """A freshly initialised critic for ``spec``; SN on for ``wgan-gp-sn`` only."""
-    return ConvCritic(patch_size=spec.patch_size, width=spec.width, spectral_norm=spec.architecture.critic_spectral_norm)
+    return ConvCritic(patch_size=spec.patch_size, width=spec.effective_critic_width, spectral_norm=spec.architecture.critic_spectral_norm)
 
 
 def build_pair(spec: GanSpec, *, seed: int) -> tuple[ConvGenerator, ConvCritic]:
