@@ -254,17 +254,22 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
     critic steps taken so far, the CPU seconds spent training so far and, under DP, the epsilon
     spent so far (the noise was calibrated for the full length, so a snapshot spends less).
     """
-    spec = GanSpec(args.architecture, args.patch, width=args.gan_width)
+    spec = GanSpec(args.architecture, args.patch, width=args.gan_width, critic_width=args.critic_width)
     batch = args.batch_patients * args.patches_per_patient
     dp_run = not math.isinf(run.epsilon)
     critic_lr = args.dp_critic_lr if dp_run and args.dp_critic_lr else args.gan_lr
     hp = Hyperparameters(n_critic=args.n_critic, critic_lr=critic_lr, generator_lr=args.gan_lr, beta1=args.gan_beta1,
                          beta2=0.9, patches_per_patient=args.patches_per_patient, batch_size=batch,
-                         generator_label_bias=args.label_bias, generator_ema=args.generator_ema)
+                         generator_label_bias=args.label_bias, generator_ema=args.generator_ema,
+                         lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start)
     info: dict = {"generator_ema": args.generator_ema, "sampled_from": "EMA generator" if args.generator_ema else "generator",
                   "epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
                   "critic_lr": critic_lr, "critic_params": None, "gan_steps": args.gan_steps, "gan_width": args.gan_width,
                   "n_critic": args.n_critic, "max_grad_norm": args.max_grad_norm, "label_bias": args.label_bias}
+    if args.lr_decay is not None:  # recorded only when used, so earlier parts' rows read the same
+        info.update(lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start)
+    if args.critic_width is not None:
+        info["critic_width"] = args.critic_width
     dp = None
     if not math.isinf(run.epsilon):
         unit = PrivacyUnit(run.unit)
@@ -280,7 +285,7 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
                     epsilon_spent=epsilon_of([(sigma, q, args.gan_steps)], delta=args.delta, kind=AccountantKind.PRV))
     else:
         info["privacy"] = "no privacy guarantee (epsilon = infinity)"
-    trainer = GanTrainer(spec, train.images, train.patient_index, hp=hp, dp=dp, seed=args.seed)
+    trainer = GanTrainer(spec, train.images, train.patient_index, hp=hp, dp=dp, seed=args.seed, total_steps=args.gan_steps)
     info["critic_params"] = sum(p.numel() for p in trainer.critic.parameters())
     stops = sorted({s for s in args.snapshots if 0 < s < args.gan_steps} | {args.gan_steps})
     wall = cpu = 0.0  # training time only (the caller trains U-Nets between snapshots)
@@ -369,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
                          "post-processing, no privacy cost)")
     ap.add_argument("--score-raw", action="store_true",
                     help="with --generator-ema: also score the raw generator at every snapshot (extra U-Net each)")
+    ap.add_argument("--lr-decay", choices=["linear", "cosine"], default=None,
+                    help="decay both GAN lrs to 0 over the last part of the run (data-free schedule, no privacy cost)")
+    ap.add_argument("--lr-decay-start", type=float, default=0.5,
+                    help="with --lr-decay: fraction of --gan-steps after which the decay begins")
+    ap.add_argument("--critic-width", type=int, default=None,
+                    help="critic width if different from --gan-width (the generator keeps --gan-width)")
     ap.add_argument("--fast-phantoms", action="store_true",
                     help="render only the baseline studies that are used (same volumes, ~25%% less time)")
     args = ap.parse_args(argv)
@@ -533,6 +544,8 @@ def markdown(doc: dict) -> str:
         part += "" if r.get("label_bias") is None else f" [label bias {r['label_bias']:g}]"
         part += "" if not r.get("generator_ema") else (
             f" [generator EMA {r['generator_ema']:g}" + (": raw generator sampled]" if r["name"].endswith(" raw") else "]"))
+        part += "" if not r.get("lr_decay") else f" [lr decay {r['lr_decay']} from {r['lr_decay_start']:g}]"
+        part += "" if not r.get("critic_width") else f" [critic width {r['critic_width']}]"
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
@@ -566,6 +579,8 @@ def plot(results: list[dict], path: Path) -> None:
 
     def tag_of(r: dict) -> str:
         return (f"{r['gan_steps']}" + ("" if r.get("label_bias") is None else f" lb{r['label_bias']:g}")
+                + ("" if not r.get("lr_decay") else f" {r['lr_decay'][:3]}")
+                + ("" if not r.get("critic_width") else f" cw{r['critic_width']}")
                 + ("" if not r.get("generator_ema") else (" raw" if r["name"].endswith(" raw") else " ema")))
 
     for unit, style in (("patient", "o"), ("image", "s")):
