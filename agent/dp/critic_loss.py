@@ -37,11 +37,19 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> 
     return a * real + (1 - a) * fake
 
 
+def real_terms(d_real: torch.Tensor, objective: CriticObjective) -> torch.Tensor:
+    """The part of the adversarial loss that scores real patches (``-D(x)`` or ``softplus(-D(x))``)."""
+    return -d_real if objective.gradient_penalty else F.softplus(-d_real)
+
+
+def fake_terms(d_fake: torch.Tensor, objective: CriticObjective) -> torch.Tensor:
+    """The part that scores generated patches (``D(x~)`` or ``softplus(D(x~))``): no private data in it."""
+    return d_fake if objective.gradient_penalty else F.softplus(d_fake)
+
+
 def adversarial_terms(d_real: torch.Tensor, d_fake: torch.Tensor, objective: CriticObjective) -> torch.Tensor:
     """Per-sample critic loss without the penalty, from critic scores."""
-    if objective.gradient_penalty:
-        return d_fake - d_real
-    return F.softplus(-d_real) + F.softplus(d_fake)
+    return real_terms(d_real, objective) + fake_terms(d_fake, objective)
 
 
 def penalty_from_gradient(grad_x: torch.Tensor, gp_weight: float) -> torch.Tensor:

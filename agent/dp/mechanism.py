@@ -67,8 +67,25 @@ def assign_unit_grads(module: nn.Module, unit_grads: dict[str, torch.Tensor]) ->
         p.grad_sample = g.to(p.dtype)
 
 
-def private_step(dp_optimizer: DPOptimizer, module: nn.Module, unit_grads: dict[str, torch.Tensor]) -> None:
-    """One DP-SGD update of ``module`` from per-unit gradients (clip, sum, noise, average, step)."""
+def private_step(
+    dp_optimizer: DPOptimizer, module: nn.Module, unit_grads: dict[str, torch.Tensor],
+    public_grads: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """One DP-SGD update of ``module`` from per-unit gradients (clip, sum, noise, average, step).
+
+    ``public_grads`` (by parameter name) are added to the noised average before the step, unclipped
+    and without noise. Only gradients of terms that hold no private data may go there: whatever is
+    passed is released as it is, so it must not depend on the private batch (not even its size).
+    """
+    params = dict(module.named_parameters())
+    unknown = sorted(set(public_grads or {}) - set(params))
+    if unknown:
+        raise BadInputError(f"public gradient for {unknown[0]!r}, which is not a parameter of the module")
     dp_optimizer.zero_grad(set_to_none=True)
     assign_unit_grads(module, unit_grads)
-    dp_optimizer.step()
+    if not dp_optimizer.pre_step():  # clip, sum, noise, average into p.grad
+        return
+    for name, g in (public_grads or {}).items():
+        p = params[name]
+        p.grad = g.to(p.dtype) if p.grad is None else p.grad + g.to(p.grad.dtype)
+    dp_optimizer.original_optimizer.step()

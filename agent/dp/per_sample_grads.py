@@ -29,9 +29,10 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 
 from agent.dp.critic_loss import (
     CriticObjective,
-    adversarial_terms,
+    fake_terms,
     interpolate,
     penalty_from_gradient,
+    real_terms,
     GP_NORM_EPS,
 )
 from agent.models.critics import LEAKY_SLOPE, ConvCritic
@@ -57,8 +58,14 @@ def reference_per_sample_grads(
     *,
     unit_index: torch.Tensor | None = None,
     num_units: int | None = None,
+    fake_term: bool = True,
 ) -> tuple[Grads, torch.Tensor]:
     """Per-sample (or per-unit) gradients of the critic loss w.r.t. every trainable parameter.
+
+    With ``fake_term=False`` the loss leaves out the term that scores the paired fake alone (it
+    holds no private data, so a DP step may take its gradient outside clipping and noise, see
+    :class:`~agent.training.gan_trainer.Hyperparameters`); the fake still enters the penalty's
+    interpolate.
 
     Returns
     -------
@@ -72,7 +79,9 @@ def reference_per_sample_grads(
         return functional_call(critic, (p, buffers), (x.unsqueeze(0),)).squeeze(0)
 
     def sample_loss(p: Grads, r: torch.Tensor, f: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        loss = adversarial_terms(score(p, r), score(p, f), objective)
+        loss = real_terms(score(p, r), objective)
+        if fake_term:
+            loss = loss + fake_terms(score(p, f), objective)
         if objective.gradient_penalty:
             x_hat = a * r + (1 - a) * f
             g = grad(lambda x: score(p, x))(x_hat)
@@ -122,6 +131,7 @@ def fast_per_sample_grads(
     *,
     unit_index: torch.Tensor | None = None,
     num_units: int | None = None,
+    fake_term: bool = True,
 ) -> tuple[Grads, torch.Tensor]:
     """Same contract as :func:`reference_per_sample_grads`, for :class:`ConvCritic` only."""
     if not isinstance(critic, ConvCritic):
@@ -148,11 +158,15 @@ def fast_per_sample_grads(
     d = h.flatten(1) @ head_w.t()
     d = d.squeeze(1) + critic.head.bias.detach()
     d_real, d_fake = d[:b], d[b : 2 * b]
-    losses = adversarial_terms(d_real, d_fake, objective)
+    losses = real_terms(d_real, objective)
     if gp:
         seed = torch.cat([-torch.ones_like(d_real), torch.ones_like(d_fake), torch.ones_like(d_real)])
     else:
         seed = torch.cat([-torch.sigmoid(-d_real), torch.sigmoid(d_fake)])  # dL/dD for the logistic loss
+    if fake_term:
+        losses = losses + fake_terms(d_fake, objective)
+    else:
+        seed[b : 2 * b] = 0  # the fake rows then carry no gradient (they still feed the interpolates)
 
     # Backward of D for all rows: dL/dz for real/fake rows, grad_x D's chain (dz, dh) for interpolates.
     delta = seed.view(-1, 1, 1, 1) * head_w.view(1, *acts[-1].shape[1:])

@@ -88,3 +88,23 @@ def test_wrongly_shaped_per_unit_gradient_is_refused() -> None:
 def test_invalid_mechanism_parameters_are_refused() -> None:
     with pytest.raises(BadInputError, match="max_grad_norm > 0"):
         _dp(TwoParams(), sigma=1.0, c=0.0, expected=1.0)
+
+
+def test_public_gradients_are_added_after_clipping_and_averaging_unchanged() -> None:
+    model = TwoParams()
+    c, expected = 0.5, 4.0
+    opt = _dp(model, sigma=0.0, c=c, expected=expected)
+    unit = {"a": torch.full((1, 40, 50), 10.0), "b": torch.full((1, 7), 10.0)}  # one unit, far above C
+    public = {"b": torch.full((7,), 3.0)}  # large: it must pass unclipped
+    private_step(opt, model, unit, public)
+    norm = math.sqrt(10.0**2 * (40 * 50 + 7))
+    clipped_b = 10.0 * c / norm / expected
+    torch.testing.assert_close(model.b.detach(), torch.full((7,), -(clipped_b + 3.0)))  # SGD lr 1 from zero
+    torch.testing.assert_close(model.a.detach(), torch.full((40, 50), -10.0 * c / norm / expected))
+
+
+def test_a_public_gradient_for_an_unknown_parameter_is_refused() -> None:
+    model = TwoParams()
+    with pytest.raises(BadInputError, match="not a parameter"):
+        private_step(_dp(model, sigma=0.0, c=1.0, expected=1.0), model,
+                     {k: torch.zeros(1, *p.shape) for k, p in model.named_parameters()}, {"c": torch.zeros(3)})

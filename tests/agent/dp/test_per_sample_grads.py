@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.dp.critic_loss import CriticObjective, batch_critic_losses
+from agent.dp.critic_loss import CriticObjective, batch_critic_losses, fake_terms
 from agent.dp.per_sample_grads import fast_per_sample_grads, reference_per_sample_grads
 from agent.models import GanSpec, build_pair
 
@@ -83,3 +83,19 @@ def test_fast_engine_refuses_other_critics() -> None:
     _, real, fake, alpha, objective = _setup("wgan-gp")
     with pytest.raises(TypeError, match="needs a ConvCritic"):
         fast_per_sample_grads(torch.nn.Linear(3, 1), real, fake, alpha, objective)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("arch", ["wgan-gp", "wgan-gp-sn", "dcgan"])
+def test_without_the_fake_term_the_grads_are_the_full_losss_minus_the_fake_scores(arch: str, engine: str) -> None:
+    critic, real, fake, alpha, objective = _setup(arch)
+    loop = _loop_grads(critic, real, fake, alpha, objective)
+    grads, losses = ENGINES[engine](critic, real, fake, alpha, objective, fake_term=False)
+    full = batch_critic_losses(critic, real, fake, alpha, objective).detach()
+    for i in range(B):
+        critic.zero_grad(set_to_none=True)
+        fake_score = fake_terms(critic(fake[i : i + 1]), objective).sum()
+        fake_score.backward()
+        for k, p in critic.named_parameters():
+            _assert_close(grads[k][i], loop[i][k] - p.grad, f"{arch}/{engine} sample {i} {k}")
+        assert float(losses[i]) == pytest.approx(float(full[i] - fake_score.detach()), rel=1e-9, abs=1e-12)
