@@ -261,7 +261,8 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
     hp = Hyperparameters(n_critic=args.n_critic, critic_lr=critic_lr, generator_lr=args.gan_lr, beta1=args.gan_beta1,
                          beta2=0.9, patches_per_patient=args.patches_per_patient, batch_size=batch,
                          generator_label_bias=args.label_bias, generator_ema=args.generator_ema,
-                         lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start)
+                         lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start,
+                         public_fake_term=args.public_fake_term)
     info: dict = {"generator_ema": args.generator_ema, "sampled_from": "EMA generator" if args.generator_ema else "generator",
                   "epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
                   "critic_lr": critic_lr, "critic_params": None, "gan_steps": args.gan_steps, "gan_width": args.gan_width,
@@ -270,6 +271,8 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
         info.update(lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start)
     if args.critic_width is not None:
         info["critic_width"] = args.critic_width
+    if args.public_fake_term:
+        info["public_fake_term"] = True
     dp = None
     if not math.isinf(run.epsilon):
         unit = PrivacyUnit(run.unit)
@@ -380,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --lr-decay: fraction of --gan-steps after which the decay begins")
     ap.add_argument("--critic-width", type=int, default=None,
                     help="critic width if different from --gan-width (the generator keeps --gan-width)")
+    ap.add_argument("--public-fake-term", action="store_true",
+                    help="DP rows: the critic's fake-sample term outside DP-SGD (exact, unnoised; no privacy cost)")
     ap.add_argument("--fast-phantoms", action="store_true",
                     help="render only the baseline studies that are used (same volumes, ~25%% less time)")
     args = ap.parse_args(argv)
@@ -546,6 +551,7 @@ def markdown(doc: dict) -> str:
             f" [generator EMA {r['generator_ema']:g}" + (": raw generator sampled]" if r["name"].endswith(" raw") else "]"))
         part += "" if not r.get("lr_decay") else f" [lr decay {r['lr_decay']} from {r['lr_decay_start']:g}]"
         part += "" if not r.get("critic_width") else f" [critic width {r['critic_width']}]"
+        part += "" if not r.get("public_fake_term") else " [fake term outside DP-SGD]"
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
@@ -581,6 +587,7 @@ def plot(results: list[dict], path: Path) -> None:
         return (f"{r['gan_steps']}" + ("" if r.get("label_bias") is None else f" lb{r['label_bias']:g}")
                 + ("" if not r.get("lr_decay") else f" {r['lr_decay'][:3]}")
                 + ("" if not r.get("critic_width") else f" cw{r['critic_width']}")
+                + ("" if not r.get("public_fake_term") else " pub")
                 + ("" if not r.get("generator_ema") else (" raw" if r["name"].endswith(" raw") else " ema")))
 
     for unit, style in (("patient", "o"), ("image", "s")):

@@ -305,14 +305,15 @@ class GanTrainer:
     def _public_fake_grads(self) -> dict[str, torch.Tensor]:
         """Gradient of the critic loss's fake-sample term for a DP step (``hp.public_fake_term``).
 
-        ``hp.batch_size`` fresh fakes, weighted ``hp.batch_size / expected_units``: in expectation the
-        same weight the paired fakes had inside the per-unit sums (one per drawn patch, averaged over
-        the expected units). Both are configuration constants on purpose: this gradient is released
-        unnoised, so it must not depend on how many patches the private Poisson draw returned.
+        The mean over ``hp.batch_size`` fresh fakes, weighted by the patches a drawn unit contributes
+        at most (``hp.patches_per_patient`` for the patient unit, 1 for the image unit): the weight the
+        paired fakes had inside the per-unit sums, one per drawn patch, averaged over the expected
+        units. Both are configuration constants on purpose: this gradient is released unnoised, so it
+        must not depend on how many patches the private Poisson draw returned.
         """
         assert self.dp is not None
         fake = self._fakes(self.hp.batch_size)
-        weight = self.hp.batch_size / self.dp.expected_units
+        weight = self.hp.patches_per_patient if self.dp.unit == PrivacyUnit.PATIENT else 1
         loss = fake_terms(self.critic(fake), self.objective).mean() * weight
         named = [(n, p) for n, p in self.critic.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, [p for _, p in named])
