@@ -82,7 +82,8 @@ class StyleGANConfig:
 class TrainingConfig:
     """Optimisation settings of the GAN training loop."""
 
-    batch_size: int = 16  # images per step (local mode); expected batch under DP is set by sampling
+    batch_size: int = 16  # images per step (local mode) and fakes per generator step (both modes); under DP the
+    # discriminator's expected batch is set by sampling
     g_lr: float = 0.0025  # Adam learning rate of the generator (StyleGAN2: 0.0025)
     d_lr: float = 0.0025  # Adam learning rate of the discriminator
     betas: tuple[float, float] = (0.0, 0.99)  # Adam betas (StyleGAN2)

@@ -28,7 +28,7 @@ from agent.stylegan.checkpoint import RELEASE_POLICY_KEY, load_checkpoint, save_
 from agent.stylegan.config import ReleasePolicy, StyleGANConfig, TrainingConfig, TrainingMode, release_policy_for
 from agent.stylegan.discriminator import Discriminator
 from agent.dp.sampling import UnitBatch, UnitSampler
-from agent.stylegan.dp_step import (DPSettings, make_private_optimizer, make_sampler, private_step,
+from agent.stylegan.dp_step import (DPSettings, make_private_optimizer, make_sampler, private_step, secret_generator,
                                     unit_discriminator_grads)
 from agent.stylegan.ema import ema_beta, update_ema
 from agent.stylegan.generator import Generator
@@ -68,6 +68,10 @@ class StyleGANTrainer:
         self.ada = AdaptiveAugment(p=train.augment_p, target=train.augment_target,
                                    speed_images=train.augment_speed_images, adaptive=mode is TrainingMode.LOCAL)
         self.rng = torch.Generator(device="cpu").manual_seed(seed + 1)  # CPU: same stream on any device
+        # Under DP, draws whose COUNT is the private Poisson batch size (the discriminator step's fakes,
+        # their noise inputs and the augmentations) come from OS randomness: from the seeded stream they
+        # would shift every later generator-step latent by an amount that depends on who was sampled.
+        self.batch_rng = self.rng if mode is TrainingMode.LOCAL else secret_generator()
         self.step_count = 0
         self._dp_opt: torch.optim.Optimizer | None = None  # d_opt wrapped by the mechanism (federated-dp)
         self._dp_population = 0
@@ -90,9 +94,11 @@ class StyleGANTrainer:
             if batch is None or population is None:
                 raise BadInputError("a federated-dp step needs the Poisson unit batch and the population size")
             metrics = self._d_step_dp(real, batch, population)
-        metrics.update(self._g_step(batch=max(real.shape[0], 1)))
-        update_ema(self.G_ema, self.G, beta=ema_beta(batch_size=max(real.shape[0], 1),
-                                                     half_life_images=self.train.ema_half_life_images))
+        # The generator step and the EMA are not noised, so under DP their batch is the configured
+        # constant: the Poisson draw's size depends on who was sampled and must not reach released weights.
+        g_batch = max(real.shape[0], 1) if self.mode is TrainingMode.LOCAL else self.train.batch_size
+        metrics.update(self._g_step(batch=g_batch))
+        update_ema(self.G_ema, self.G, beta=ema_beta(batch_size=g_batch, half_life_images=self.train.ema_half_life_images))
         self.step_count += 1
         if self.step_count % self.train.augment_interval == 0:
             r_t = self.ada.update()
@@ -101,13 +107,14 @@ class StyleGANTrainer:
         metrics["augment_p"] = self.ada.p
         return metrics
 
-    def _fakes(self, batch: int, *, grad: bool) -> torch.Tensor:
-        z = self.G.sample_z(batch, generator=self.rng).to(self.device)
+    def _fakes(self, batch: int, *, grad: bool, rng: torch.Generator | None = None) -> torch.Tensor:
+        rng = rng or self.rng
+        z = self.G.sample_z(batch, generator=rng).to(self.device)
         with torch.set_grad_enabled(grad), self._autocast():
-            return self.G(z, noise_mode="random", generator=self.rng, update_w_avg=grad).float()
+            return self.G(z, noise_mode="random", generator=rng, update_w_avg=grad).float()
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return augment(x, self.ada.p, generator=self.rng)
+    def _augment(self, x: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        return augment(x, self.ada.p, generator=rng or self.rng)
 
     def _d_step_local(self, real: torch.Tensor) -> dict[str, float]:
         fake = self._fakes(real.shape[0], grad=False)
@@ -134,8 +141,8 @@ class StyleGANTrainer:
             self._dp_opt = make_private_optimizer(self.d_opt, self.dp, population=population)
             self._dp_population = population
         if real.shape[0]:
-            fake = self._fakes(real.shape[0], grad=False)
-            real, fake = self._augment(real), self._augment(fake)
+            fake = self._fakes(real.shape[0], grad=False, rng=self.batch_rng)
+            real, fake = self._augment(real, self.batch_rng), self._augment(fake, self.batch_rng)
         else:
             fake = real
         grads, loss = unit_discriminator_grads(self.D, real, fake, batch, r1_gamma=self.train.r1_gamma)

@@ -138,3 +138,29 @@ def test_resume_refuses_other_mode_or_architecture(tiny_arch, tiny_train, tmp_pa
 def test_step_checks_image_shape(tiny_arch, tiny_train):
     with pytest.raises(BadInputError, match="expected real images"):
         _trainer(tiny_arch, tiny_train, TrainingMode.LOCAL).step(torch.zeros(2, 3, 32, 32))
+
+
+def test_dp_generator_step_and_ema_do_not_depend_on_the_poisson_batch_size(tiny_arch, tiny_train, real_images,
+                                                                           monkeypatch):
+    # The generator step and the EMA are released un-noised: their batch, the EMA's beta and the
+    # seeded latent stream must be the same whatever the private draw held.
+    from agent.dp.sampling import UnitBatch
+    from agent.stylegan import train as train_module
+
+    images, patients = real_images
+    betas: list[float] = []
+    real_beta = train_module.ema_beta
+    monkeypatch.setattr(train_module, "ema_beta", lambda **kw: betas.append(kw["batch_size"]) or real_beta(**kw))
+    seen = []
+    for drawn in ([0, 1], [0, 1, 2, 3, 4]):  # patient 0 alone vs patients 0-2
+        trainer = _trainer(tiny_arch, tiny_train, TrainingMode.FEDERATED_DP, seed=3)
+        g_batches = []
+        real_fakes = trainer._fakes
+        trainer._fakes = lambda batch, *, grad, f=real_fakes, out=g_batches, **kw: (
+            out.append(batch) if grad else None) or f(batch, grad=grad, **kw)
+        idx = torch.tensor(drawn)
+        trainer.step(images[idx], UnitBatch(idx, patients[idx], int(patients[idx].max()) + 1), population=6)
+        seen.append((g_batches, trainer.rng.get_state()))
+    assert seen[0][0] == seen[1][0] == [tiny_train.batch_size]
+    assert torch.equal(seen[0][1], seen[1][1])
+    assert betas == [tiny_train.batch_size] * 2
