@@ -35,6 +35,9 @@ keep the published method):
 * ``content_target="start"``: the content loss is measured against the start image ``G(w')``
   (the group's, possibly shrunk, centroid) instead of each member's reconstruction, so the members
   enter the optimisation only through their patch style statistics and the mean code.
+* ``style_target="pooled"``: the style target of each grid position is the patient-weighted mean of
+  the members' Grams at that position (no per-member patch matching), so every style target is an
+  average over the group's >= k patients rather than one member's patch.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from agent.stylegan.generator import Generator
 from protocols.errors import BadInputError
 
 CONTENT_TARGETS = ("members", "start")  # what the content loss compares the output with
+STYLE_TARGETS = ("members", "pooled")  # per-member matched patch Grams (published), or their mean per position
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,7 @@ class AlignmentSettings:
     feature_size: int | None = None  # resize images to this edge before the feature network (None: as is)
     shrink: float = 1.0  # psi: start from w_site + psi * (w_group - w_site); 1 = the published group mean
     content_target: str = "members"  # "members" (published) or "start": the start image's own features
+    style_target: str = "members"  # "members" (published) or "pooled": members' mean Gram per grid position
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.grid < 1:
@@ -80,6 +85,9 @@ class AlignmentSettings:
         if self.content_target not in CONTENT_TARGETS:
             raise BadInputError(f"alignment settings: content_target must be one of {CONTENT_TARGETS}, "
                                 f"got {self.content_target!r}")
+        if self.style_target not in STYLE_TARGETS:
+            raise BadInputError(f"alignment settings: style_target must be one of {STYLE_TARGETS}, "
+                                f"got {self.style_target!r}")
 
     def schedule(self) -> OptimisationSettings:
         return OptimisationSettings(steps=self.steps, lr=self.lr, warmup=self.warmup, rampdown=self.rampdown)
@@ -91,7 +99,7 @@ class GroupTargets:
 
     content: torch.Tensor  # (T, Dc) unit-normalised deep features of the content targets
     patch_keys: torch.Tensor  # (M, P, Dp) unit-normalised flattened early-layer patches
-    grams: torch.Tensor  # (M, P, C, C) Gram matrix of each patch
+    grams: torch.Tensor  # (M, P, C, C) Gram matrix of each patch; (1, P, C, C) weighted mean if style is pooled
     weights: torch.Tensor  # (M,) member weights summing to 1 (style)
     content_weights: torch.Tensor  # (T,) content-target weights summing to 1 (T = M, or 1 for the start image)
 
@@ -165,6 +173,8 @@ def group_targets(G: Generator, member_ws: torch.Tensor, weights: Sequence[float
             content = features(synthesize(G, content_ws))[0]
     w = torch.as_tensor(list(weights), dtype=recon.dtype, device=recon.device)
     w = w / w.sum()
+    if features.settings.style_target == "pooled":
+        grams = (grams * w.view(-1, 1, 1, 1)).sum(dim=0, keepdim=True)
     content_w = w if content_ws is None else torch.ones(1, dtype=recon.dtype, device=recon.device)
     return GroupTargets(F.normalize(content.flatten(1), dim=-1), keys, grams, w, content_w)
 
@@ -186,6 +196,10 @@ def alignment_loss(image: torch.Tensor, targets: GroupTargets, features: Alignme
     out = F.normalize(content_map.flatten(1), dim=-1)  # (1, Dc)
     content = ((1.0 - (targets.content * out).sum(dim=-1)) * targets.content_weights).sum()
     grams, keys = _grams_and_keys(style_map, s.grid)  # (1, P, C, C), (1, P, Dp)
+    if s.style_target == "pooled":
+        # Position-aligned: each output patch against the members' mean Gram at that position.
+        style = (grams[0] - targets.grams[0]).square().sum(dim=(-1, -2)).mean()
+        return s.content_weight * content + s.style_weight * style, content, style
     # Match each source patch to its most similar synthetic patch (the argmax carries no gradient).
     similarity = targets.patch_keys @ keys[0].T  # (M, P_src, P_syn)
     best = similarity.argmax(dim=-1)  # (M, P_src)

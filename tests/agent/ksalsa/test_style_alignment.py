@@ -128,3 +128,24 @@ def test_content_target_start_uses_only_the_start_image(tiny_generator: nn.Modul
         group_targets(tiny_generator, member_codes, [0.2] * 5, features, content_ws=member_codes)
     result = align_group(tiny_generator, member_codes, [0.2] * 5, features)
     assert len(result.losses) == 10 and result.ws.shape == centroid.shape
+
+
+def test_pooled_style_targets_the_members_mean_gram_per_position(tiny_generator: nn.Module, lite0: nn.Module,
+                                                                 member_codes: torch.Tensor) -> None:
+    with pytest.raises(BadInputError, match="style_target"):
+        AlignmentSettings(style_target="mean")
+    per_member = AlignmentFeatures(lite0, AlignmentSettings())
+    pooled = AlignmentFeatures(lite0, AlignmentSettings(style_target="pooled", steps=5))
+    weights = [0.1, 0.2, 0.3, 0.2, 0.2]
+    t_members = group_targets(tiny_generator, member_codes, weights, per_member)
+    t_pooled = group_targets(tiny_generator, member_codes, weights, pooled)
+    w = torch.tensor(weights).view(-1, 1, 1, 1)
+    assert t_pooled.grams.shape == (1, *t_members.grams.shape[1:])
+    assert torch.allclose(t_pooled.grams[0], (t_members.grams * w).sum(0), rtol=1e-5)
+    # One member: pooling is that member's Grams, so an identical image has zero style loss.
+    one = member_codes[:1]
+    with torch.no_grad():
+        _, _, style = alignment_loss(tiny_generator.synthesis(one), group_targets(tiny_generator, one, [1.0], pooled), pooled)
+    assert float(style) == pytest.approx(0.0, abs=1e-3)
+    result = align_group(tiny_generator, member_codes, weights, pooled)
+    assert len(result.losses) == 5 and result.losses[-1] < result.losses[0]
