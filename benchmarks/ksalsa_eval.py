@@ -527,6 +527,7 @@ class Variant:
     by_grade: bool = False  # cluster within each grade (every output has one grade)
     shrink: float = 1.0  # psi toward the draw's mean code (k-SALSA; for the centroid: a shrunk centroid, no alignment)
     content_target: str = "members"  # k-SALSA content loss against the members (published) or the start image
+    style_target: str = "members"  # k-SALSA style against each member's matched patches (published) or pooled
 
     @property
     def name(self) -> str:
@@ -537,6 +538,8 @@ class Variant:
             n += f" psi={self.shrink:g}"
         if self.content_target != "members":
             n += f" content={self.content_target}"
+        if self.style_target != "members":
+            n += f" style={self.style_target}"
         return n + (" by-grade" if self.by_grade else "")
 
 
@@ -547,7 +550,7 @@ def _release(images: list[FundusImage], ws: torch.Tensor, variant: Variant, k: i
 
     settings = AlignmentSettings(steps=args.steps, content_weight=variant.content_weight or PUBLISHED_CONTENT,
                                  style_weight=args.style_weight, shrink=variant.shrink,
-                                 content_target=variant.content_target)
+                                 content_target=variant.content_target, style_target=variant.style_target)
     method = variant.method
     if method is Method.CENTROID and variant.shrink != 1.0:
         # A shrunk centroid is k-SALSA's start code without alignment steps (same anchor, same groups).
@@ -580,8 +583,9 @@ def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
         variants = [Variant(Method.KSALSA, PUBLISHED_CONTENT)] + base + [Variant(Method.CENTROID, shrink=p) for p in psis]
         variants += [Variant(Method.KSALSA, PUBLISHED_CONTENT, shrink=p, content_target=t) for t in targets
                      for p in [1.0] + psis if (p, t) != (1.0, "members")]
+        variants += [_parse_variant(spec) for spec in args.extra_variants.split(";") if spec.strip()]
         for v in variants:  # fail before hours of work on a bad option
-            AlignmentSettings(shrink=v.shrink, content_target=v.content_target)
+            AlignmentSettings(shrink=v.shrink, content_target=v.content_target, style_target=v.style_target)
         return [(args.sweep_k, variants)]
     cws = [float(c) for c in args.content_weights.split(",")]
     out = [(args.sweep_k, [Variant(Method.KSALSA, c) for c in cws] + base)]
@@ -591,6 +595,18 @@ def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
         if k != args.sweep_k:
             out.append((k, [Variant(Method.KSALSA, PUBLISHED_CONTENT)] + base))
     return out
+
+
+def _parse_variant(spec: str) -> Variant:
+    """A k-SALSA variant from ``key=value`` pairs joined by ``,``: c, psi, content, style (others default)."""
+    fields = {"c": PUBLISHED_CONTENT, "psi": 1.0, "content": "members", "style": "members"}
+    for part in spec.split(","):
+        key, _, value = part.strip().partition("=")
+        if key not in fields or not value:
+            raise SystemExit(f"--extra-variants: bad item {part!r} in {spec!r} (keys: {', '.join(fields)})")
+        fields[key] = float(value) if key in ("c", "psi") else value
+    return Variant(Method.KSALSA, float(fields["c"]), shrink=float(fields["psi"]), content_target=str(fields["content"]),
+                   style_target=str(fields["style"]))
 
 
 def draws(args: argparse.Namespace) -> None:
@@ -687,7 +703,7 @@ def draws(args: argparse.Namespace) -> None:
                 row = {
                     "draw": d, "k": k, "name": variant.name, "method": variant.method.value,
                     "content_weight": variant.content_weight, "by_grade": variant.by_grade,
-                    "shrink": variant.shrink, "content_target": variant.content_target,
+                    "shrink": variant.shrink, "content_target": variant.content_target, "style_target": variant.style_target,
                     "groups": len(groups), "min_patients_per_group": min(len({site_keys[idx[i]] for i in g}) for g in groups),
                     "fid": fid(synth_inc, held_inc), "fid_real_same_n": fid(site_inc[idx[pick]], held_inc),
                     **{f"cls_{key}": v for key, v in grade_classifier(synth_emb, labels, held_emb, held_y).items()},
@@ -810,7 +826,8 @@ def summarise_draws(args: argparse.Namespace) -> None:
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     write_draws_table(out / "results.md", result, sweep_k)
     plot_draws(out, summary["all"], sweep_k)
-    if any(r.get("shrink", 1.0) != 1.0 or r.get("content_target", "members") != "members" for r in rows):
+    if any(r.get("shrink", 1.0) != 1.0 or r.get("content_target", "members") != "members"
+           or r.get("style_target", "members") != "members" for r in rows):
         plot_privacy_frontier(out / "mia_vs_fid.png", summary["all"], sweep_k, args.mia_target)
     if (work / "site_rgb.npy").exists():
         grid_draws(out / "grid.png", np.load(work / "site_rgb.npy"), np.load(work / "recon_rgb.npy"), store, rows, sweep_k)
@@ -1021,8 +1038,10 @@ def _frontier_colour(name: str) -> str:
         return base[name]
     psi = float(name.split("psi=")[1].split()[0]) if "psi=" in name else 1.0
     shade = {1.0: 0.95, 0.8: 0.75, 0.6: 0.55, 0.4: 0.35}.get(psi, 0.5)
-    cmap = {"centroid": "Oranges", "start": "Purples"}.get(
-        "centroid" if name.startswith("centroid") else "start" if "content=start" in name else "", "Blues")
+    cmap = {"centroid": "Oranges", "start": "Purples", "pooled": "Greys", "pooled-start": "RdPu"}.get(
+        "centroid" if name.startswith("centroid") else
+        ("pooled-start" if "content=start" in name else "pooled") if "style=pooled" in name else
+        "start" if "content=start" in name else "", "Blues")
     import matplotlib
 
     return matplotlib.colormaps[cmap](shade)
@@ -1103,6 +1122,8 @@ def main() -> None:
                        help="only the sweep k: published k-SALSA, baselines, shrunk centroids, k-SALSA privacy variants")
         p.add_argument("--shrink-psis", default="0.8,0.6,0.4", help="psi values toward the draw's mean code (privacy sweep)")
         p.add_argument("--content-targets", default="members,start", help="k-SALSA content targets (privacy sweep)")
+        p.add_argument("--extra-variants", default="",
+                       help="more k-SALSA variants for the privacy sweep, ';'-separated, e.g. 'style=pooled;psi=0.6,content=start,style=pooled'")
         p.add_argument("--selection-draws", default="", help="draws used to choose the content weight (default: first half)")
         p.add_argument("--mia-target", type=float, default=1.5)
         p.add_argument("--recon-before", default="", help="JSON of the recon stage run on the models before the fine-tune")
