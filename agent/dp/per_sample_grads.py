@@ -141,11 +141,15 @@ def fast_per_sample_grads(
     weights = [critic.effective_weight(i).detach() for i in range(n_conv + 1)]
     biases = [c.bias.detach() for c in critic.convs]
     gp = objective.gradient_penalty
-    rows = [real, fake] + ([interpolate(real, fake, alpha)] if gp else [])
+    # Row blocks of B rows each: the scored ones (real, and the paired fake unless it is left out),
+    # then the interpolates for the penalty. ``n_adv`` is the number of scored blocks.
+    scored = [real, fake] if fake_term else [real]
+    n_adv = len(scored)
+    rows = scored + ([interpolate(real, fake, alpha)] if gp else [])
     uses = len(rows)
     x = torch.cat(rows)
 
-    # Forward for real, fake (and interpolates, whose activations give the LeakyReLU masks).
+    # Forward for all rows (the interpolates' activations give the LeakyReLU masks of grad_x D).
     acts, masks = [x], []
     h = x
     for i in range(n_conv):
@@ -157,18 +161,22 @@ def fast_per_sample_grads(
     head_w = weights[n_conv]
     d = h.flatten(1) @ head_w.t()
     d = d.squeeze(1) + critic.head.bias.detach()
-    d_real, d_fake = d[:b], d[b : 2 * b]
+    d_real = d[:b]
     losses = real_terms(d_real, objective)
     if gp:
-        seed = torch.cat([-torch.ones_like(d_real), torch.ones_like(d_fake), torch.ones_like(d_real)])
+        seeds = [-torch.ones_like(d_real)]
     else:
-        seed = torch.cat([-torch.sigmoid(-d_real), torch.sigmoid(d_fake)])  # dL/dD for the logistic loss
+        seeds = [-torch.sigmoid(-d_real)]  # dL/dD for the logistic loss
     if fake_term:
+        d_fake = d[b : 2 * b]
         losses = losses + fake_terms(d_fake, objective)
-    else:
-        seed[b : 2 * b] = 0  # the fake rows then carry no gradient (they still feed the interpolates)
+        seeds.append(torch.ones_like(d_fake) if gp else torch.sigmoid(d_fake))
+    if gp:
+        seeds.append(torch.ones_like(d_real))  # interpolates: grad_x D is the gradient of D itself
+    seed = torch.cat(seeds)
+    g0 = n_adv * b  # first interpolate row
 
-    # Backward of D for all rows: dL/dz for real/fake rows, grad_x D's chain (dz, dh) for interpolates.
+    # Backward of D for all rows: dL/dz for scored rows, grad_x D's chain (dz, dh) for interpolates.
     delta = seed.view(-1, 1, 1, 1) * head_w.view(1, *acts[-1].shape[1:])
     dzs: list[torch.Tensor] = [None] * n_conv  # type: ignore[list-item]
     for i in reversed(range(n_conv)):
@@ -176,7 +184,7 @@ def fast_per_sample_grads(
         if i > 0:
             delta = F.conv_transpose2d(dzs[i], weights[i], stride=2, padding=1)
         elif gp:
-            delta = F.conv_transpose2d(dzs[i][2 * b :], weights[i], stride=2, padding=1)
+            delta = F.conv_transpose2d(dzs[i][g0:], weights[i], stride=2, padding=1)
 
     # Penalty: reverse pass through the explicit input-gradient graph (G_l = dL/d(dh_l)).
     g_in: list[torch.Tensor] = []
@@ -187,26 +195,30 @@ def fast_per_sample_grads(
         g = (2 * objective.gp_weight * (norm - 1) / norm).view(-1, 1, 1, 1) * grad_x
         for i in range(n_conv):
             g_in.append(g)
-            g = F.conv2d(g, weights[i], stride=2, padding=1) * masks[i][2 * b :]
+            g = F.conv2d(g, weights[i], stride=2, padding=1) * masks[i][g0:]
         g_head_gp = g  # dL/d(dh_L): the head weight's use in grad_x D
+
+    def per_sample_sum(t: torch.Tensor) -> torch.Tensor:
+        """Sum the scored blocks of ``t`` (n_adv*B, ...) sample by sample: (B, ...)."""
+        return t.view(n_adv, b, *t.shape[1:]).sum(0)
 
     grads: Grads = {}
     for i, conv in enumerate(critic.convs):
-        ins = torch.cat([acts[i][: 2 * b], g_in[i]]) if gp else acts[i]
+        ins = torch.cat([acts[i][:g0], g_in[i]]) if gp else acts[i]
         gw = _per_sample_conv_weight_grad(dzs[i], ins, uses, conv.kernel_size[0])
         gw = gw.view(b, *conv.weight.shape)
         if critic.spectral_norm:
             gw = _spectral_correction(critic, i, gw)
         grads[f"convs.{i}.weight"] = sum_per_unit(gw, unit_index, num_units)
-        gb = dzs[i][: 2 * b].sum((2, 3))
-        grads[f"convs.{i}.bias"] = sum_per_unit(gb[:b] + gb[b:], unit_index, num_units)
+        gb = per_sample_sum(dzs[i][:g0].sum((2, 3)))
+        grads[f"convs.{i}.bias"] = sum_per_unit(gb, unit_index, num_units)
     flat = acts[-1].flatten(1)
-    gh = seed[:b, None] * flat[:b] + seed[b : 2 * b, None] * flat[b : 2 * b]
+    gh = per_sample_sum(seed[:g0, None] * flat[:g0])
     if gp:
         gh = gh + g_head_gp.flatten(1)
     gh = gh.view(b, *critic.head.weight.shape)
     if critic.spectral_norm:
         gh = _spectral_correction(critic, n_conv, gh)
     grads["head.weight"] = sum_per_unit(gh, unit_index, num_units)
-    grads["head.bias"] = sum_per_unit((seed[:b] + seed[b : 2 * b]).view(b, 1), unit_index, num_units)
+    grads["head.bias"] = sum_per_unit(per_sample_sum(seed[:g0]).view(b, 1), unit_index, num_units)
     return grads, losses
