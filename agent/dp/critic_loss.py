@@ -6,6 +6,10 @@ For a real patch ``x``, its paired fake ``x~`` and an interpolation weight ``a``
   (Gulrajani et al. 2017), lambda = 10 by default;
 * DCGAN: ``softplus(-D(x)) + softplus(D(x~))`` (non-saturating GAN loss on logits).
 
+``penalty_at="fakes"`` moves the penalty from the interpolates to the fakes themselves (``x^ = x~``,
+a one-sided variant in the spirit of R2): then nothing in the penalty touches private data, and a
+DP step can take it outside DP-SGD together with the fake term (see ``public_fake_losses``).
+
 Real and fake terms sit in ONE per-sample loss, so a DP step charges the accountant once per
 critic iteration (the seed code charged real and fake batches separately). The gradient norm uses
 ``sqrt(sum g^2 + GP_NORM_EPS)`` so the penalty stays differentiable at g = 0; every path below uses
@@ -20,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protocols.errors import BadInputError
+
 GP_NORM_EPS = 1e-12
+PENALTY_POINTS = ("interpolates", "fakes")  # where the gradient penalty is evaluated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +36,27 @@ class CriticObjective:
 
     gradient_penalty: bool  # True: Wasserstein loss + GP (WGAN-GP[-SN]); False: DCGAN logistic loss
     gp_weight: float = 10.0
+    penalty_at: str = "interpolates"  # or "fakes": the penalty then holds no private data
+
+    def __post_init__(self) -> None:
+        if self.penalty_at not in PENALTY_POINTS:
+            raise BadInputError(f"penalty_at: expected one of {PENALTY_POINTS}, got {self.penalty_at!r}")
+
+    @property
+    def penalty_is_public(self) -> bool:
+        """True when the penalty is evaluated on fakes only (no real data in it)."""
+        return self.gradient_penalty and self.penalty_at == "fakes"
 
 
 def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``alpha * real + (1 - alpha) * fake`` with one alpha per sample."""
     a = alpha.view(-1, *([1] * (real.dim() - 1)))
     return a * real + (1 - a) * fake
+
+
+def penalty_points(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor, objective: CriticObjective) -> torch.Tensor:
+    """Where the penalty is evaluated: the interpolates, or the fakes (``penalty_at="fakes"``)."""
+    return fake if objective.penalty_at == "fakes" else interpolate(real, fake, alpha)
 
 
 def real_terms(d_real: torch.Tensor, objective: CriticObjective) -> torch.Tensor:
@@ -64,7 +86,20 @@ def batch_critic_losses(
     """Per-sample losses ``(N,)`` with an autograd graph (create_graph for the penalty): the non-DP path."""
     loss = adversarial_terms(critic(real), critic(fake), objective)
     if objective.gradient_penalty:
-        x_hat = interpolate(real, fake, alpha).detach().requires_grad_(True)
-        (grad_x,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
-        loss = loss + penalty_from_gradient(grad_x, objective.gp_weight)
+        loss = loss + _penalty(critic, penalty_points(real, fake, alpha, objective), objective)
     return loss
+
+
+def public_fake_losses(critic: nn.Module, fake: torch.Tensor, objective: CriticObjective) -> torch.Tensor:
+    """Per-sample terms ``(N,)`` that hold no private data: the fake term, plus the penalty when it is
+    evaluated on the fakes (``penalty_at="fakes"``). With an autograd graph."""
+    loss = fake_terms(critic(fake), objective)
+    if objective.penalty_is_public:
+        loss = loss + _penalty(critic, fake, objective)
+    return loss
+
+
+def _penalty(critic: nn.Module, points: torch.Tensor, objective: CriticObjective) -> torch.Tensor:
+    x_hat = points.detach().requires_grad_(True)
+    (grad_x,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return penalty_from_gradient(grad_x, objective.gp_weight)

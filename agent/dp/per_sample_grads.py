@@ -30,8 +30,8 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 from agent.dp.critic_loss import (
     CriticObjective,
     fake_terms,
-    interpolate,
     penalty_from_gradient,
+    penalty_points,
     real_terms,
     GP_NORM_EPS,
 )
@@ -65,7 +65,8 @@ def reference_per_sample_grads(
     With ``fake_term=False`` the loss leaves out the term that scores the paired fake alone (it
     holds no private data, so a DP step may take its gradient outside clipping and noise, see
     :class:`~agent.training.gan_trainer.Hyperparameters`); the fake still enters the penalty's
-    interpolate.
+    interpolate. A penalty evaluated on the fakes (``objective.penalty_at == "fakes"``) holds no
+    private data either and is left out with the fake term.
 
     Returns
     -------
@@ -74,6 +75,7 @@ def reference_per_sample_grads(
     """
     params = {k: v.detach() for k, v in critic.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in critic.named_buffers()}
+    with_penalty = _penalty_in_per_sample_loss(objective, fake_term)
 
     def score(p: Grads, x: torch.Tensor) -> torch.Tensor:
         return functional_call(critic, (p, buffers), (x.unsqueeze(0),)).squeeze(0)
@@ -82,14 +84,19 @@ def reference_per_sample_grads(
         loss = real_terms(score(p, r), objective)
         if fake_term:
             loss = loss + fake_terms(score(p, f), objective)
-        if objective.gradient_penalty:
-            x_hat = a * r + (1 - a) * f
+        if with_penalty:
+            x_hat = f if objective.penalty_at == "fakes" else a * r + (1 - a) * f
             g = grad(lambda x: score(p, x))(x_hat)
             loss = loss + objective.gp_weight * (torch.sqrt(g.pow(2).sum() + GP_NORM_EPS) - 1) ** 2
         return loss
 
     grads, losses = vmap(grad_and_value(sample_loss), in_dims=(None, 0, 0, 0))(params, real, fake, alpha)
     return {k: sum_per_unit(g, unit_index, num_units) for k, g in grads.items()}, losses
+
+
+def _penalty_in_per_sample_loss(objective: CriticObjective, fake_term: bool) -> bool:
+    # A penalty on the fakes alone goes with the fake term: outside when the fake term is left out.
+    return objective.gradient_penalty and (fake_term or not objective.penalty_is_public)
 
 
 # -- fast engine for ConvCritic -----------------------------------------------------------------
@@ -140,12 +147,13 @@ def fast_per_sample_grads(
     n_conv = len(critic.convs)
     weights = [critic.effective_weight(i).detach() for i in range(n_conv + 1)]
     biases = [c.bias.detach() for c in critic.convs]
-    gp = objective.gradient_penalty
+    wasserstein = objective.gradient_penalty  # the loss form; whether the penalty is in this loss:
+    gp = _penalty_in_per_sample_loss(objective, fake_term)
     # Row blocks of B rows each: the scored ones (real, and the paired fake unless it is left out),
-    # then the interpolates for the penalty. ``n_adv`` is the number of scored blocks.
+    # then the penalty points (interpolates or fakes). ``n_adv`` is the number of scored blocks.
     scored = [real, fake] if fake_term else [real]
     n_adv = len(scored)
-    rows = scored + ([interpolate(real, fake, alpha)] if gp else [])
+    rows = scored + ([penalty_points(real, fake, alpha, objective)] if gp else [])
     uses = len(rows)
     x = torch.cat(rows)
 
@@ -163,16 +171,16 @@ def fast_per_sample_grads(
     d = d.squeeze(1) + critic.head.bias.detach()
     d_real = d[:b]
     losses = real_terms(d_real, objective)
-    if gp:
+    if wasserstein:
         seeds = [-torch.ones_like(d_real)]
     else:
         seeds = [-torch.sigmoid(-d_real)]  # dL/dD for the logistic loss
     if fake_term:
         d_fake = d[b : 2 * b]
         losses = losses + fake_terms(d_fake, objective)
-        seeds.append(torch.ones_like(d_fake) if gp else torch.sigmoid(d_fake))
+        seeds.append(torch.ones_like(d_fake) if wasserstein else torch.sigmoid(d_fake))
     if gp:
-        seeds.append(torch.ones_like(d_real))  # interpolates: grad_x D is the gradient of D itself
+        seeds.append(torch.ones_like(d_real))  # penalty points: grad_x D is the gradient of D itself
     seed = torch.cat(seeds)
     g0 = n_adv * b  # first interpolate row
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agent.dp.critic_loss import CriticObjective, batch_critic_losses, fake_terms
+from agent.dp.critic_loss import PENALTY_POINTS, CriticObjective, batch_critic_losses, public_fake_losses
 from agent.dp.mechanism import make_dp_optimizer, private_step
 from agent.dp.per_sample_grads import fast_per_sample_grads
 from agent.dp.sampling import UnitSampler
@@ -71,8 +71,14 @@ class Hyperparameters:
     # cost); the clipping budget C then goes to the real and penalty terms alone. See
     # GanTrainer._public_fake_grads for why its batch size and weight are constants.
     public_fake_term: bool = False
+    # Where the gradient penalty is evaluated: "interpolates" (WGAN-GP as published) or "fakes" (a
+    # one-sided variant). On the fakes it holds no private data, so with public_fake_term it leaves
+    # DP-SGD too and the clipped, noised part of a step is the real-score term alone.
+    gp_at: str = "interpolates"
 
     def __post_init__(self) -> None:
+        if self.gp_at not in PENALTY_POINTS:
+            raise BadInputError(f"gp_at: expected one of {PENALTY_POINTS}, got {self.gp_at!r}")
         if self.n_critic < 1 or self.batch_size < 1 or self.patches_per_patient < 1:
             raise BadInputError("n_critic, batch_size and patches_per_patient must be >= 1")
         if self.generator_label_bias is not None and not np.isfinite(self.generator_label_bias):
@@ -236,7 +242,7 @@ class GanTrainer:
         self.hp = hp
         self.dp = dp
         self.data = data.to(self.device)
-        self.objective = CriticObjective(spec.architecture.uses_gradient_penalty, hp.gp_weight)
+        self.objective = CriticObjective(spec.architecture.uses_gradient_penalty, hp.gp_weight, penalty_at=hp.gp_at)
         generator, critic = build_pair(spec, seed=seed)
         if weights is not None:
             load_arrays(generator, weights, GENERATOR_PREFIX)
@@ -303,7 +309,8 @@ class GanTrainer:
             return self.generator(self.generator.sample_latents(max(n, 2), rng or self.rng, self.device))[:n]
 
     def _public_fake_grads(self) -> dict[str, torch.Tensor]:
-        """Gradient of the critic loss's fake-sample term for a DP step (``hp.public_fake_term``).
+        """Gradient of the critic loss's fake-sample term (and of the penalty, when ``hp.gp_at`` is
+        "fakes") for a DP step with ``hp.public_fake_term``.
 
         The mean over ``hp.batch_size`` fresh fakes, weighted by the patches a drawn unit contributes
         at most (``hp.patches_per_patient`` for the patient unit, 1 for the image unit): the weight the
@@ -314,7 +321,7 @@ class GanTrainer:
         assert self.dp is not None
         fake = self._fakes(self.hp.batch_size)
         weight = self.hp.patches_per_patient if self.dp.unit == PrivacyUnit.PATIENT else 1
-        loss = fake_terms(self.critic(fake), self.objective).mean() * weight
+        loss = public_fake_losses(self.critic, fake, self.objective).mean() * weight
         named = [(n, p) for n, p in self.critic.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, [p for _, p in named])
         return {n: g.detach() for (n, _), g in zip(named, grads)}

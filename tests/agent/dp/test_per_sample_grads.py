@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.dp.critic_loss import CriticObjective, batch_critic_losses, fake_terms
+from agent.dp.critic_loss import CriticObjective, batch_critic_losses, fake_terms, public_fake_losses
 from agent.dp.per_sample_grads import fast_per_sample_grads, reference_per_sample_grads
 from agent.models import GanSpec, build_pair
 
@@ -99,3 +99,31 @@ def test_without_the_fake_term_the_grads_are_the_full_losss_minus_the_fake_score
         for k, p in critic.named_parameters():
             _assert_close(grads[k][i], loop[i][k] - p.grad, f"{arch}/{engine} sample {i} {k}")
         assert float(losses[i]) == pytest.approx(float(full[i] - fake_score.detach()), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("arch", ["wgan-gp", "wgan-gp-sn"])
+def test_a_penalty_on_the_fakes_matches_the_loop_and_leaves_with_the_fake_term(arch: str, engine: str) -> None:
+    critic, real, fake, alpha, _ = _setup(arch)
+    objective = CriticObjective(gradient_penalty=True, penalty_at="fakes")
+    loop = _loop_grads(critic, real, fake, alpha, objective)
+    full, _ = ENGINES[engine](critic, real, fake, alpha, objective)
+    private, _ = ENGINES[engine](critic, real, fake, alpha, objective, fake_term=False)
+    for i in range(B):
+        critic.zero_grad(set_to_none=True)
+        public_fake_losses(critic, fake[i : i + 1], objective).sum().backward()
+        for k, p in critic.named_parameters():
+            _assert_close(full[k][i], loop[i][k], f"{arch}/{engine} sample {i} {k}")
+            _assert_close(private[k][i], loop[i][k] - p.grad, f"{arch}/{engine} private part, sample {i} {k}")
+    # the private part is then the real term alone: -D(x)
+    critic.zero_grad(set_to_none=True)
+    (-critic(real[:1]).sum()).backward()
+    for k, p in critic.named_parameters():
+        _assert_close(private[k][0], p.grad, f"{arch}/{engine} real term {k}")
+
+
+def test_an_unknown_penalty_point_is_refused() -> None:
+    from protocols.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="penalty_at"):
+        CriticObjective(gradient_penalty=True, penalty_at="reals")

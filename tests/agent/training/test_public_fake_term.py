@@ -20,10 +20,10 @@ EXPECTED_UNITS = 4.0
 PER_PATIENT = 6  # the patchset fixture: 8 patients x 6 patches, patient p owns rows 6p..6p+5
 
 
-def _trainer(patchset, *, public: bool, c: float) -> GanTrainer:
+def _trainer(patchset, *, public: bool, c: float, **hp_kw) -> GanTrainer:
     dp = DPSettings(noise_multiplier=0.0, max_grad_norm=c, sample_rate=0.5, unit=PrivacyUnit.PATIENT,
                     expected_units=EXPECTED_UNITS)
-    hp = Hyperparameters(batch_size=8, patches_per_patient=2, n_critic=1, public_fake_term=public)
+    hp = Hyperparameters(batch_size=8, patches_per_patient=2, n_critic=1, public_fake_term=public, **hp_kw)
     return GanTrainer(SPEC, patchset.images, patchset.patient_index, hp=hp, dp=dp, seed=0)
 
 
@@ -75,3 +75,19 @@ def test_the_generator_steps_latents_do_not_depend_on_the_private_batch_size(pat
         trainer.critic_step()
         states.append(trainer.rng.get_state())
     assert torch.equal(states[0], states[1])
+
+
+def test_with_the_penalty_on_fakes_the_public_part_still_does_not_depend_on_the_draw(patchset) -> None:
+    c = 1e-3
+    updates = []
+    for patients in (3, 2):
+        updates.append(_critic_update(_trainer(patchset, public=True, c=c, gp_at="fakes"), _batch(patients)))
+    assert float(updates[1].norm()) > 100 * c
+    assert float((updates[0] - updates[1]).norm()) <= 5 * c / EXPECTED_UNITS * (1 + 1e-4)
+
+
+def test_an_unknown_penalty_point_is_a_bad_hyperparameter() -> None:
+    from protocols.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="gp_at"):
+        Hyperparameters(gp_at="reals")
