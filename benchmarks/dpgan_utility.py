@@ -287,7 +287,8 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
                          beta2=0.9, patches_per_patient=args.patches_per_patient, batch_size=batch,
                          generator_label_bias=args.label_bias, generator_ema=args.generator_ema,
                          lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start,
-                         public_fake_term=args.public_fake_term, gp_at=args.gp_at)
+                         public_fake_term=args.public_fake_term, gp_at=args.gp_at,
+                         public_fake_clip=args.public_fake_clip)
     info: dict = {"generator_ema": args.generator_ema, "sampled_from": "EMA generator" if args.generator_ema else "generator",
                   "epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
                   "critic_lr": critic_lr, "critic_params": None, "gan_steps": args.gan_steps, "gan_width": args.gan_width,
@@ -300,6 +301,8 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
         info["public_fake_term"] = True
     if args.gp_at != "interpolates":
         info["gp_at"] = args.gp_at
+    if args.public_fake_clip is not None:
+        info["public_fake_clip"] = args.public_fake_clip
     dp = None
     if not math.isinf(run.epsilon):
         unit = PrivacyUnit(run.unit)
@@ -412,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="critic width if different from --gan-width (the generator keeps --gan-width)")
     ap.add_argument("--public-fake-term", action="store_true",
                     help="DP rows: the critic's fake-sample term outside DP-SGD (exact, unnoised; no privacy cost)")
+    ap.add_argument("--public-fake-clip", type=float, default=None,
+                    help="with --public-fake-term: bound on the norm of the public gradient (e.g. the clip norm C)")
     ap.add_argument("--gp-at", choices=["interpolates", "fakes"], default="interpolates",
                     help="where the gradient penalty is evaluated; on fakes it holds no private data and, with "
                     "--public-fake-term, leaves DP-SGD too")
@@ -582,7 +587,8 @@ def markdown(doc: dict) -> str:
             f" [generator EMA {r['generator_ema']:g}" + (": raw generator sampled]" if r["name"].endswith(" raw") else "]"))
         part += "" if not r.get("lr_decay") else f" [lr decay {r['lr_decay']} from {r['lr_decay_start']:g}]"
         part += "" if not r.get("critic_width") else f" [critic width {r['critic_width']}]"
-        part += "" if not r.get("public_fake_term") else " [fake term outside DP-SGD]"
+        part += "" if not r.get("public_fake_term") else (
+            " [fake term outside DP-SGD" + ("" if not r.get("public_fake_clip") else f", bounded at {r['public_fake_clip']:g}") + "]")
         part += "" if not r.get("gp_at") else f" [penalty on {r['gp_at']}]"
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
@@ -620,6 +626,7 @@ def plot(results: list[dict], path: Path) -> None:
                 + ("" if not r.get("lr_decay") else f" {r['lr_decay'][:3]}")
                 + ("" if not r.get("critic_width") else f" cw{r['critic_width']}")
                 + ("" if not r.get("public_fake_term") else " pub")
+                + ("" if not r.get("public_fake_clip") else f"{r['public_fake_clip']:g}")
                 + ("" if not r.get("gp_at") else f" gp-{r['gp_at']}")
                 + ("" if not r.get("generator_ema") else (" raw" if r["name"].endswith(" raw") else " ema")))
 

@@ -75,8 +75,14 @@ class Hyperparameters:
     # one-sided variant). On the fakes it holds no private data, so with public_fake_term it leaves
     # DP-SGD too and the clipped, noised part of a step is the real-score term alone.
     gp_at: str = "interpolates"
+    # With public_fake_term: bound on the norm of the public gradient as a whole (None: unbounded).
+    # Unbounded, the exact fake term outweighed the clipped real term and the critic diverged in the
+    # 7 Dec runs (benchmarks/results/dpgan); a data-free bound of the order of C keeps them balanced.
+    public_fake_clip: float | None = None
 
     def __post_init__(self) -> None:
+        if self.public_fake_clip is not None and not (math.isfinite(self.public_fake_clip) and self.public_fake_clip > 0):
+            raise BadInputError(f"public_fake_clip: expected a finite bound > 0 or None, got {self.public_fake_clip!r}")
         if self.gp_at not in PENALTY_POINTS:
             raise BadInputError(f"gp_at: expected one of {PENALTY_POINTS}, got {self.gp_at!r}")
         if self.n_critic < 1 or self.batch_size < 1 or self.patches_per_patient < 1:
@@ -324,7 +330,12 @@ class GanTrainer:
         loss = public_fake_losses(self.critic, fake, self.objective).mean() * weight
         named = [(n, p) for n, p in self.critic.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, [p for _, p in named])
-        return {n: g.detach() for (n, _), g in zip(named, grads)}
+        out = {n: g.detach() for (n, _), g in zip(named, grads)}
+        if self.hp.public_fake_clip is not None:
+            norm = float(torch.sqrt(sum(g.pow(2).sum() for g in out.values())))
+            if norm > self.hp.public_fake_clip:
+                out = {n: g * (self.hp.public_fake_clip / norm) for n, g in out.items()}
+        return out
 
     def critic_step(self) -> float | None:
         """One critic iteration (= one accountant step under DP); returns the mean critic loss.
