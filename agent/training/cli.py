@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-id", help="accountant dataset name (default tof)")
     p.add_argument("--samples", type=int, dest="sample_count", help="synthetic pairs to export at the end")
     p.add_argument("--checkpoint-every", type=int, help="steps per checkpoint and per budget reservation")
+    p.add_argument("--lr-decay", choices=["linear", "cosine"], help="decay both learning rates to 0 over the run "
+                   "(from --lr-decay-start of it; default: constant)")
+    p.add_argument("--lr-decay-start", type=float, help="fraction of the run after which the decay begins (default 0.5)")
     p.add_argument("--generator-ema", type=float, help="export samples from an EMA of the generator's weights with this "
                    "decay (e.g. 0.999; no privacy cost; default: the raw generator)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -50,7 +53,8 @@ def _train(args: argparse.Namespace) -> int:
 
     site = load_site_config(args.config)
     keys = ["architecture", "patch_size", "steps", "target_epsilon", "unit", "expected_batch_patients",
-            "max_grad_norm", "seed", "dataset_id", "sample_count", "checkpoint_every", "generator_ema"]
+            "max_grad_norm", "seed", "dataset_id", "sample_count", "checkpoint_every", "generator_ema",
+            "lr_decay", "lr_decay_start"]
     overrides = {k: getattr(args, k) for k in keys}
     if args.no_dp:
         overrides["target_epsilon"] = "inf"

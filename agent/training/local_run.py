@@ -65,6 +65,10 @@ class RunConfig:
     # Decay of the generator weight EMA that the exported samples are drawn from (None: the raw
     # generator). Post-processing of the generator, so no privacy cost; the weights file stays raw.
     generator_ema: float | None = None
+    # Learning-rate decay of both optimisers over this run's steps ("linear" or "cosine" from
+    # lr_decay_start of the run; None: constant). Data-free, so no privacy cost; resumes exactly.
+    lr_decay: str | None = None
+    lr_decay_start: float = 0.5
 
     def __post_init__(self) -> None:
         parse_architecture(self.architecture)
@@ -72,7 +76,8 @@ class RunConfig:
             raise ConfigError("steps, checkpoint_every and patches_per_volume must be >= 1, sample_count >= 0")
         if self.target_epsilon is not None and not 0 < self.target_epsilon < math.inf:
             raise ConfigError(f"target_epsilon: expected a finite number > 0 or null (no DP), got {self.target_epsilon}")
-        Hyperparameters(generator_ema=self.generator_ema)  # validates the decay with the trainer's own message
+        # validated with the trainer's own messages
+        Hyperparameters(generator_ema=self.generator_ema, lr_decay=self.lr_decay, lr_decay_start=self.lr_decay_start)
 
     def as_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -169,13 +174,15 @@ def train_locally(
         critic_lr=run.learning_rate or hp.critic_lr,
         generator_lr=run.learning_rate or hp.generator_lr,
         generator_ema=run.generator_ema,
+        lr_decay=run.lr_decay,
+        lr_decay_start=run.lr_decay_start,
     )
     mech = mechanism_for(plan, num_patients=num_patients, num_patches=images.shape[0], hp=hp) if dp_on else None
     acc = open_accountant(site, run.dataset_id)
     state_path = out_dir / STATE_FILE
     state = _load_state(state_path, run)
     spec = GanSpec(parse_architecture(run.architecture), run.patch_size)
-    trainer = GanTrainer(spec, images, patient_index, hp=hp, dp=mech, seed=run.seed)
+    trainer = GanTrainer(spec, images, patient_index, hp=hp, dp=mech, seed=run.seed, total_steps=run.steps)
     if (out_dir / CHECKPOINT_FILE).exists():
         trainer.load_state_dict(load_checkpoint(out_dir / CHECKPOINT_FILE))
         log.info("resuming at critic step %d of %d", trainer.critic_steps, run.steps)
@@ -229,7 +236,9 @@ def _load_state(path: Path, run: RunConfig) -> dict[str, Any]:
         return state
     state = json.loads(path.read_text(encoding="utf-8"))
     stored = dict(state.get("config") or {})
-    stored.setdefault("generator_ema", None)  # runs started before the option existed sampled the raw generator
+    # Run folders from before these options existed: raw generator sampled, constant lr.
+    for key, default in (("generator_ema", None), ("lr_decay", None), ("lr_decay_start", RunConfig.lr_decay_start)):
+        stored.setdefault(key, default)
     if stored != run.as_json():
         raise BadInputError(
             f"{path.parent} holds a run with a different configuration; resume it with the same settings or "

@@ -146,3 +146,23 @@ def test_a_run_folder_from_before_the_ema_option_still_resumes(make_site, patchs
     assert _train(make_site(), patchset, _run(steps=2), out).steps == 2
     with pytest.raises(BadInputError, match="different configuration"):
         _train(make_site(), patchset, _run(steps=2, generator_ema=0.9), out)
+
+
+def test_a_run_with_lr_decay_ends_at_a_zero_learning_rate(make_site, patchset, tmp_path, monkeypatch) -> None:
+    built = []
+    real_init = GanTrainer.__init__
+
+    def keep(self, *a, **kw):
+        real_init(self, *a, **kw)
+        built.append(self)
+
+    monkeypatch.setattr(GanTrainer, "__init__", keep)
+    _train(make_site(), patchset, _run(steps=4, lr_decay="linear", lr_decay_start=0.5), tmp_path / "run")
+    trainer = built[0]
+    assert trainer.total_steps == 4
+    assert [trainer.lr_factor_at(s) for s in range(5)] == [1.0, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_an_unknown_lr_decay_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="lr_decay"):
+        _run(lr_decay="exponential")
