@@ -69,7 +69,9 @@ class Hyperparameters:
     # patch. That term is a function of the generator and the critic only -- both outputs of earlier
     # DP steps -- and of data-free latents, so adding its gradient is post-processing (no privacy
     # cost); the clipping budget C then goes to the real and penalty terms alone. See
-    # GanTrainer._public_fake_grads for why its batch size and weight are constants.
+    # GanTrainer._public_fake_grads for why its batch size and weight are constants. Off by default:
+    # in the 7 Dec benchmark runs it did worse than clipping each real-minus-fake gradient together
+    # (benchmarks/results/dpgan/README.md, "fourth batch").
     public_fake_term: bool = False
     # Where the gradient penalty is evaluated: "interpolates" (WGAN-GP as published) or "fakes" (a
     # one-sided variant). On the fakes it holds no private data, so with public_fake_term it leaves
