@@ -83,9 +83,7 @@ class BaselinePhantomVolumes(Sequence[LabeledVolume]):
     def __len__(self) -> int:
         return self.patients
 
-    def __getitem__(self, k):  # type: ignore[override]
-        if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(len(self)))]
+    def __getitem__(self, k: int) -> LabeledVolume:  # type: ignore[override]  # integer indices only
         if not 0 <= k < self.patients:
             raise IndexError(k)
         site, i = divmod(int(k), self.per_site)
@@ -103,9 +101,7 @@ class _Subset(Sequence[LabeledVolume]):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, j):  # type: ignore[override]
-        if isinstance(j, slice):
-            return [self[i] for i in range(*j.indices(len(self)))]
+    def __getitem__(self, j: int) -> LabeledVolume:  # type: ignore[override]  # integer indices only
         return self.volumes[self.indices[j]]
 
 

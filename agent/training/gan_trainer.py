@@ -85,6 +85,8 @@ class Hyperparameters:
     def __post_init__(self) -> None:
         if self.public_fake_clip is not None and not (math.isfinite(self.public_fake_clip) and self.public_fake_clip > 0):
             raise BadInputError(f"public_fake_clip: expected a finite bound > 0 or None, got {self.public_fake_clip!r}")
+        if self.public_fake_clip is not None and not self.public_fake_term:
+            raise BadInputError("public_fake_clip bounds the public fake term: it needs public_fake_term=True")
         if self.gp_at not in PENALTY_POINTS:
             raise BadInputError(f"gp_at: expected one of {PENALTY_POINTS}, got {self.gp_at!r}")
         if self.n_critic < 1 or self.batch_size < 1 or self.patches_per_patient < 1:

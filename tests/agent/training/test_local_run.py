@@ -29,6 +29,19 @@ def _train(site, patchset, run, out, **kw):
                          num_patients=patchset.num_patients, run=run, out_dir=out, progress=False, **kw)
 
 
+def _record_trainers(monkeypatch) -> list[GanTrainer]:
+    """Every GanTrainer built from now on, in order (to inspect the one a run used)."""
+    built: list[GanTrainer] = []
+    real_init = GanTrainer.__init__
+
+    def keep(self, *a, **kw):
+        real_init(self, *a, **kw)
+        built.append(self)
+
+    monkeypatch.setattr(GanTrainer, "__init__", keep)
+    return built
+
+
 def test_a_killed_run_resumes_and_never_charges_steps_twice(make_site, patchset, tmp_path, monkeypatch) -> None:
     site = make_site()
     out = tmp_path / "run"
@@ -116,14 +129,7 @@ def test_a_run_with_a_generator_ema_exports_samples_of_the_ema(make_site, patchs
         return real_sample(generator, **kw)
 
     monkeypatch.setattr(local_run, "sample_from_generator", spy)
-    built = []
-    real_init = GanTrainer.__init__
-
-    def keep(self, *a, **kw):
-        real_init(self, *a, **kw)
-        built.append(self)
-
-    monkeypatch.setattr(GanTrainer, "__init__", keep)
+    built = _record_trainers(monkeypatch)
     summary = _train(make_site(), patchset, _run(steps=2, generator_ema=0.99), tmp_path / "run")
     trainer = built[0]
     assert trainer.generator_ema is not None and sampled == [trainer.generator_ema]
@@ -149,14 +155,7 @@ def test_a_run_folder_from_before_the_ema_option_still_resumes(make_site, patchs
 
 
 def test_a_run_with_lr_decay_ends_at_a_zero_learning_rate(make_site, patchset, tmp_path, monkeypatch) -> None:
-    built = []
-    real_init = GanTrainer.__init__
-
-    def keep(self, *a, **kw):
-        real_init(self, *a, **kw)
-        built.append(self)
-
-    monkeypatch.setattr(GanTrainer, "__init__", keep)
+    built = _record_trainers(monkeypatch)
     _train(make_site(), patchset, _run(steps=4, lr_decay="linear", lr_decay_start=0.5), tmp_path / "run")
     trainer = built[0]
     assert trainer.total_steps == 4

@@ -107,4 +107,6 @@ def test_a_bad_public_bound_is_refused() -> None:
     from protocols.errors import BadInputError
 
     with pytest.raises(BadInputError, match="public_fake_clip"):
-        Hyperparameters(public_fake_clip=0.0)
+        Hyperparameters(public_fake_term=True, public_fake_clip=0.0)
+    with pytest.raises(BadInputError, match="needs public_fake_term"):
+        Hyperparameters(public_fake_clip=1.0)  # would be silently ignored
