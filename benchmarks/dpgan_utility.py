@@ -284,7 +284,7 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
                          generator_label_bias=args.label_bias, generator_ema=args.generator_ema,
                          lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start,
                          public_fake_term=args.public_fake_term, gp_at=args.gp_at,
-                         public_fake_clip=args.public_fake_clip)
+                         public_fake_clip=args.public_fake_clip, public_penalty=args.public_penalty)
     info: dict = {"generator_ema": args.generator_ema, "sampled_from": "EMA generator" if args.generator_ema else "generator",
                   "epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
                   "critic_lr": critic_lr, "critic_params": None, "gan_steps": args.gan_steps, "gan_width": args.gan_width,
@@ -299,6 +299,10 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
         info["gp_at"] = args.gp_at
     if args.public_fake_clip is not None:
         info["public_fake_clip"] = args.public_fake_clip
+    if args.public_penalty:
+        info["public_penalty"] = True
+    if args.gan_lr != critic_lr:
+        info["generator_lr"] = args.gan_lr
     dp = None
     if not math.isinf(run.epsilon):
         unit = PrivacyUnit(run.unit)
@@ -416,9 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gp-at", choices=["interpolates", "fakes"], default="interpolates",
                     help="where the gradient penalty is evaluated; on fakes it holds no private data and, with "
                     "--public-fake-term, leaves DP-SGD too")
+    ap.add_argument("--public-penalty", action="store_true",
+                    help="DP rows: the gradient penalty outside DP-SGD (exact, unnoised; the fake term stays in each "
+                    "patient's clipped gradient); needs --gp-at fakes, which must be given explicitly")
     ap.add_argument("--fast-phantoms", action="store_true",
                     help="render only the baseline studies that are used, one at a time (same volumes and patches, ~25%% less time, ~1 GB instead of ~7.6 GB at 10,000 patients)")
     args = ap.parse_args(argv)
+    if args.public_penalty and args.gp_at != "fakes":
+        ap.error("--public-penalty needs --gp-at fakes (only a penalty on the fakes holds no private data)")
     if args.merge:
         return merge(args.merge, args.out, args.tag, real_from=args.real_from)
     torch.manual_seed(args.seed)
@@ -516,7 +525,12 @@ def merge(paths: list[Path], out: Path, tag: str, *, real_from: Path | None = No
             if r["name"] == "real" and "real" in seen:
                 continue  # one upper bound per report
             seen.add(r["name"])
-            results.append({**r, "part": d["config"].get("tag", "")})
+            row = {**r, "part": d["config"].get("tag", "")}
+            # parts written before "generator_lr" was recorded: the generator lr is the config's --gan-lr
+            glr = r.get("generator_lr", d["config"].get("gan_lr"))
+            if r.get("critic_lr") is not None and glr is not None and glr != r["critic_lr"]:
+                row["generator_lr"] = glr
+            results.append(row)
     real = [r for r in results if r["name"] == "real"]
     results = real + [r for r in results if r["name"] != "real"]
     real_dsc = results[0]["dsc"]["mean"]
@@ -586,6 +600,8 @@ def markdown(doc: dict) -> str:
         part += "" if not r.get("public_fake_term") else (
             " [fake term outside DP-SGD" + ("" if not r.get("public_fake_clip") else f", bounded at {r['public_fake_clip']:g}") + "]")
         part += "" if not r.get("gp_at") else f" [penalty on {r['gp_at']}]"
+        part += "" if not r.get("public_penalty") else " [penalty outside DP-SGD]"
+        part += "" if not r.get("generator_lr") else f" [generator lr {r['generator_lr']:g}, critic lr {r['critic_lr']:g}]"
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
@@ -624,6 +640,8 @@ def plot(results: list[dict], path: Path) -> None:
                 + ("" if not r.get("public_fake_term") else " pub")
                 + ("" if not r.get("public_fake_clip") else f"{r['public_fake_clip']:g}")
                 + ("" if not r.get("gp_at") else f" gp-{r['gp_at']}")
+                + ("" if not r.get("public_penalty") else " pubgp")
+                + ("" if not r.get("generator_lr") else f" glr{r['generator_lr']:g}")
                 + ("" if not r.get("generator_ema") else (" raw" if r["name"].endswith(" raw") else " ema")))
 
     for unit, style in (("patient", "o"), ("image", "s")):

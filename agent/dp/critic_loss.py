@@ -8,7 +8,8 @@ For a real patch ``x``, its paired fake ``x~`` and an interpolation weight ``a``
 
 ``penalty_at="fakes"`` moves the penalty from the interpolates to the fakes themselves (``x^ = x~``,
 a one-sided variant in the spirit of R2): then nothing in the penalty touches private data, and a
-DP step can take it outside DP-SGD together with the fake term (see ``public_fake_losses``).
+DP step can take it outside DP-SGD together with the fake term, or alone while the fake term stays
+in each unit's clipped gradient (see ``public_fake_losses``).
 
 Real and fake terms sit in ONE per-sample loss, so a DP step charges the accountant once per
 critic iteration (the seed code charged real and fake batches separately). The gradient norm uses
@@ -90,10 +91,18 @@ def batch_critic_losses(
     return loss
 
 
-def public_fake_losses(critic: nn.Module, fake: torch.Tensor, objective: CriticObjective) -> torch.Tensor:
+def public_fake_losses(
+    critic: nn.Module, fake: torch.Tensor, objective: CriticObjective, *, fake_term: bool = True
+) -> torch.Tensor:
     """Per-sample terms ``(N,)`` that hold no private data: the fake term, plus the penalty when it is
-    evaluated on the fakes (``penalty_at="fakes"``). With an autograd graph."""
-    loss = fake_terms(critic(fake), objective)
+    evaluated on the fakes (``penalty_at="fakes"``). With an autograd graph.
+
+    ``fake_term=False`` leaves the fake term out: the penalty on the fakes alone (a "public
+    penalty"), which needs ``penalty_at="fakes"``.
+    """
+    if not fake_term and not objective.penalty_is_public:
+        raise BadInputError("without the fake term the public part is the penalty on the fakes: it needs penalty_at='fakes'")
+    loss = fake_terms(critic(fake), objective) if fake_term else fake.new_zeros(fake.shape[0])
     if objective.penalty_is_public:
         loss = loss + _penalty(critic, fake, objective)
     return loss

@@ -36,6 +36,7 @@ from agent.dp.critic_loss import (
     GP_NORM_EPS,
 )
 from agent.models.critics import LEAKY_SLOPE, ConvCritic
+from protocols.errors import BadInputError
 
 Grads = dict[str, torch.Tensor]
 
@@ -59,6 +60,7 @@ def reference_per_sample_grads(
     unit_index: torch.Tensor | None = None,
     num_units: int | None = None,
     fake_term: bool = True,
+    penalty: bool = True,
 ) -> tuple[Grads, torch.Tensor]:
     """Per-sample (or per-unit) gradients of the critic loss w.r.t. every trainable parameter.
 
@@ -66,7 +68,9 @@ def reference_per_sample_grads(
     holds no private data, so a DP step may take its gradient outside clipping and noise, see
     :class:`~agent.training.gan_trainer.Hyperparameters`); the fake still enters the penalty's
     interpolate. A penalty evaluated on the fakes (``objective.penalty_at == "fakes"``) holds no
-    private data either and is left out with the fake term.
+    private data either and is left out with the fake term. ``penalty=False`` leaves the penalty out
+    and keeps the fake term (a DP step may then add the penalty on the fakes outside clipping and
+    noise: ``Hyperparameters.public_penalty``); only a penalty on the fakes may be left out.
 
     Returns
     -------
@@ -75,7 +79,7 @@ def reference_per_sample_grads(
     """
     params = {k: v.detach() for k, v in critic.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in critic.named_buffers()}
-    with_penalty = _penalty_in_per_sample_loss(objective, fake_term)
+    with_penalty = _penalty_in_per_sample_loss(objective, fake_term, penalty)
 
     def score(p: Grads, x: torch.Tensor) -> torch.Tensor:
         return functional_call(critic, (p, buffers), (x.unsqueeze(0),)).squeeze(0)
@@ -94,9 +98,12 @@ def reference_per_sample_grads(
     return {k: sum_per_unit(g, unit_index, num_units) for k, g in grads.items()}, losses
 
 
-def _penalty_in_per_sample_loss(objective: CriticObjective, fake_term: bool) -> bool:
-    # A penalty on the fakes alone goes with the fake term: outside when the fake term is left out.
-    return objective.gradient_penalty and (fake_term or not objective.penalty_is_public)
+def _penalty_in_per_sample_loss(objective: CriticObjective, fake_term: bool, penalty: bool) -> bool:
+    # A penalty on the fakes alone goes with the fake term: outside when the fake term is left out,
+    # or on its own (penalty=False). A penalty on the interpolates holds private data: never left out.
+    if not penalty and objective.gradient_penalty and not objective.penalty_is_public:
+        raise BadInputError("only a penalty on the fakes may be left out of the per-sample loss (penalty_at='fakes')")
+    return objective.gradient_penalty and penalty and (fake_term or not objective.penalty_is_public)
 
 
 # -- fast engine for ConvCritic -----------------------------------------------------------------
@@ -139,6 +146,7 @@ def fast_per_sample_grads(
     unit_index: torch.Tensor | None = None,
     num_units: int | None = None,
     fake_term: bool = True,
+    penalty: bool = True,
 ) -> tuple[Grads, torch.Tensor]:
     """Same contract as :func:`reference_per_sample_grads`, for :class:`ConvCritic` only."""
     if not isinstance(critic, ConvCritic):
@@ -148,7 +156,7 @@ def fast_per_sample_grads(
     weights = [critic.effective_weight(i).detach() for i in range(n_conv + 1)]
     biases = [c.bias.detach() for c in critic.convs]
     wasserstein = objective.gradient_penalty  # the loss form; whether the penalty is in this loss:
-    gp = _penalty_in_per_sample_loss(objective, fake_term)
+    gp = _penalty_in_per_sample_loss(objective, fake_term, penalty)
     # Row blocks of B rows each: the scored ones (real, and the paired fake unless it is left out),
     # then the penalty points (interpolates or fakes). ``n_adv`` is the number of scored blocks.
     scored = [real, fake] if fake_term else [real]

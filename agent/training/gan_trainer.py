@@ -69,7 +69,7 @@ class Hyperparameters:
     # patch. That term is a function of the generator and the critic only -- both outputs of earlier
     # DP steps -- and of data-free latents, so adding its gradient is post-processing (no privacy
     # cost); the clipping budget C then goes to the real and penalty terms alone. See
-    # GanTrainer._public_fake_grads for why its batch size and weight are constants. Off by default:
+    # GanTrainer._public_grads for why its batch size and weight are constants. Off by default:
     # in the 7 Dec benchmark runs it did worse than clipping each real-minus-fake gradient together
     # (benchmarks/results/dpgan/README.md, "fourth batch").
     public_fake_term: bool = False
@@ -81,8 +81,25 @@ class Hyperparameters:
     # Unbounded, the exact fake term outweighed the clipped real term and the critic diverged in the
     # 7 Dec runs (benchmarks/results/dpgan); a data-free bound of the order of C keeps them balanced.
     public_fake_clip: float | None = None
+    # DP only: take the gradient penalty outside DP-SGD, exactly and without noise, while the fake
+    # term D(x~) stays inside each unit's clipped real-minus-fake gradient (which keeps the two
+    # adversarial terms balanced; taking the fake term out unbalanced the critic, see above). Needs
+    # gp_at="fakes": the penalty is then a function of the critic, the generator and data-free
+    # latents only, so adding its gradient is post-processing (no privacy cost). Batch size and
+    # weight are constants as for public_fake_term (GanTrainer._public_grads). Off by default.
+    public_penalty: bool = False
 
     def __post_init__(self) -> None:
+        if self.public_penalty and self.gp_at != "fakes":
+            raise BadInputError(
+                f"public_penalty takes the penalty outside DP-SGD, which is private-data-free only when it is "
+                f"evaluated on the fakes: it needs gp_at='fakes', got gp_at={self.gp_at!r}"
+            )
+        if self.public_penalty and self.public_fake_term:
+            raise BadInputError(
+                "public_penalty and public_fake_term together: public_fake_term with gp_at='fakes' already takes "
+                "the penalty outside DP-SGD with the fake term; set only one"
+            )
         if self.public_fake_clip is not None and not (math.isfinite(self.public_fake_clip) and self.public_fake_clip > 0):
             raise BadInputError(f"public_fake_clip: expected a finite bound > 0 or None, got {self.public_fake_clip!r}")
         if self.public_fake_clip is not None and not self.public_fake_term:
@@ -253,6 +270,8 @@ class GanTrainer:
         self.dp = dp
         self.data = data.to(self.device)
         self.objective = CriticObjective(spec.architecture.uses_gradient_penalty, hp.gp_weight, penalty_at=hp.gp_at)
+        if hp.public_penalty and not self.objective.gradient_penalty:
+            raise BadInputError(f"public_penalty: the {spec.architecture.value} critic loss has no gradient penalty")
         generator, critic = build_pair(spec, seed=seed)
         if weights is not None:
             load_arrays(generator, weights, GENERATOR_PREFIX)
@@ -318,9 +337,10 @@ class GanTrainer:
         with torch.no_grad():
             return self.generator(self.generator.sample_latents(max(n, 2), rng or self.rng, self.device))[:n]
 
-    def _public_fake_grads(self) -> dict[str, torch.Tensor]:
+    def _public_grads(self) -> dict[str, torch.Tensor]:
         """Gradient of the critic loss's fake-sample term (and of the penalty, when ``hp.gp_at`` is
-        "fakes") for a DP step with ``hp.public_fake_term``.
+        "fakes") for a DP step with ``hp.public_fake_term``; of the penalty on the fakes alone with
+        ``hp.public_penalty``.
 
         The mean over ``hp.batch_size`` fresh fakes, weighted by the patches a drawn unit contributes
         at most (``hp.patches_per_patient`` for the patient unit, 1 for the image unit): the weight the
@@ -331,9 +351,10 @@ class GanTrainer:
         assert self.dp is not None
         fake = self._fakes(self.hp.batch_size)
         weight = self.hp.patches_per_patient if self.dp.unit == PrivacyUnit.PATIENT else 1
-        loss = public_fake_losses(self.critic, fake, self.objective).mean() * weight
+        loss = public_fake_losses(self.critic, fake, self.objective, fake_term=self.hp.public_fake_term).mean() * weight
         named = [(n, p) for n, p in self.critic.named_parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss, [p for _, p in named])
+        # The penalty alone does not depend on the head's bias (zero gradient): hence materialize_grads.
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True, materialize_grads=True)
         out = {n: g.detach() for (n, _), g in zip(named, grads)}
         if self.hp.public_fake_clip is not None:
             norm = float(torch.sqrt(sum(g.pow(2).sum() for g in out.values())))
@@ -376,9 +397,10 @@ class GanTrainer:
                     unit_index=batch.unit_index.to(self.device),
                     num_units=batch.num_units,
                     fake_term=not self.hp.public_fake_term,
+                    penalty=not self.hp.public_penalty,
                 )
                 value = float(losses.mean())
-            public = self._public_fake_grads() if self.hp.public_fake_term else None
+            public = self._public_grads() if self.hp.public_fake_term or self.hp.public_penalty else None
             private_step(self.c_opt, self.critic, grads, public)  # type: ignore[arg-type]
         self.critic.update_spectral_vectors()  # data-free power iteration (no-op without SN)
         self.critic_steps += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent.dp.critic_loss import CriticObjective, batch_critic_losses, fake_terms, public_fake_losses
+from agent.dp.critic_loss import CriticObjective, adversarial_terms, batch_critic_losses, fake_terms, public_fake_losses
 from agent.dp.per_sample_grads import fast_per_sample_grads, reference_per_sample_grads
 from agent.models import GanSpec, build_pair
 
@@ -127,3 +127,55 @@ def test_an_unknown_penalty_point_is_refused() -> None:
 
     with pytest.raises(BadInputError, match="penalty_at"):
         CriticObjective(gradient_penalty=True, penalty_at="reals")
+
+
+def _loop_grads_without_penalty(critic, real, fake, objective) -> list[dict[str, torch.Tensor]]:
+    """One sample at a time, plain autograd: the adversarial terms -D(x) + D(x~) only."""
+    out = []
+    for i in range(real.shape[0]):
+        critic.zero_grad(set_to_none=True)
+        adversarial_terms(critic(real[i : i + 1]), critic(fake[i : i + 1]), objective).sum().backward()
+        out.append({k: p.grad.clone() for k, p in critic.named_parameters()})
+    return out
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("arch", ["wgan-gp", "wgan-gp-sn"])
+def test_with_the_penalty_left_out_the_grads_equal_a_loop_without_it(arch: str, engine: str) -> None:
+    # public_penalty: the fake term stays in the per-sample (clipped) loss, the penalty on the fakes leaves.
+    critic, real, fake, alpha, _ = _setup(arch)
+    objective = CriticObjective(gradient_penalty=True, penalty_at="fakes")
+    loop = _loop_grads_without_penalty(critic, real, fake, objective)
+    full_loop = _loop_grads(critic, real, fake, alpha, objective)
+    grads, losses = ENGINES[engine](critic, real, fake, alpha, objective, penalty=False)
+    assert set(grads) == {k for k, _ in critic.named_parameters()}
+    for i in range(B):
+        critic.zero_grad(set_to_none=True)
+        public_fake_losses(critic, fake[i : i + 1], objective, fake_term=False).sum().backward()
+        for k, p in critic.named_parameters():
+            _assert_close(grads[k][i], loop[i][k], f"{arch}/{engine} sample {i} {k}")
+        # and the two parts add up to the whole loss's gradient (over all parameters at once: the
+        # penalty's gradient w.r.t. the biases is zero, up to rounding in the difference)
+        public = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for _, p in critic.named_parameters()])
+        whole_minus_private = torch.cat([(full_loop[i][k] - loop[i][k]).flatten() for k, _ in critic.named_parameters()])
+        _assert_close(public, whole_minus_private, f"{arch}/{engine} public penalty, sample {i}")
+    want_losses = adversarial_terms(critic(real), critic(fake), objective).detach()
+    _assert_close(losses, want_losses, "losses without the penalty")
+    # per patient: sums of the patients' samples, still without the penalty
+    patients = torch.tensor([2, 0, 2, 1, 0, 2])
+    per_unit, _ = ENGINES[engine](critic, real, fake, alpha, objective, unit_index=patients, num_units=3, penalty=False)
+    for p in range(3):
+        members = (patients == p).nonzero().flatten().tolist()
+        for k in per_unit:
+            _assert_close(per_unit[k][p], sum(loop[i][k] for i in members), f"{arch}/{engine} patient {p} {k}")
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_a_penalty_on_the_interpolates_cannot_be_left_out(engine: str) -> None:
+    from protocols.errors import BadInputError
+
+    critic, real, fake, alpha, objective = _setup("wgan-gp")  # penalty on the interpolates: private
+    with pytest.raises(BadInputError, match="only a penalty on the fakes"):
+        ENGINES[engine](critic, real, fake, alpha, objective, penalty=False)
+    with pytest.raises(BadInputError, match="penalty_at='fakes'"):
+        public_fake_losses(critic, fake, objective, fake_term=False)

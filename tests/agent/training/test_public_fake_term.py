@@ -95,8 +95,8 @@ def test_an_unknown_penalty_point_is_a_bad_hyperparameter() -> None:
 
 def test_a_bounded_public_term_has_at_most_that_norm(patchset) -> None:
     bound = 1e-3
-    unbounded = _trainer(patchset, public=True, c=1.0)._public_fake_grads()
-    bounded = _trainer(patchset, public=True, c=1.0, public_fake_clip=bound)._public_fake_grads()
+    unbounded = _trainer(patchset, public=True, c=1.0)._public_grads()
+    bounded = _trainer(patchset, public=True, c=1.0, public_fake_clip=bound)._public_grads()
     norm = lambda g: float(torch.sqrt(sum(v.pow(2).sum() for v in g.values())))  # noqa: E731
     assert norm(unbounded) > 10 * bound and norm(bounded) == pytest.approx(bound, rel=1e-4)
     for k in unbounded:  # same direction
