@@ -79,6 +79,21 @@ class TaskRefusedError(PolicyError):
     help_text = "Add the task to privacy.accepted_tasks in the site config if the site agrees to it."
 
 
+class LedgerBehindError(PolicyError):
+    """The coordinator's ledger lacks more of the site's claims than one reply can carry.
+
+    The site does no work for the request (nothing is trained or released, no budget is spent) and
+    sends the oldest missing claims instead (``resend``, signed claim bytes).
+    """
+
+    exit_code = 15
+    help_text = "Run the round again: each refusal brings the ledger closer to the site's claim log."
+
+    def __init__(self, message: str, resend: tuple[bytes, ...] = ()) -> None:
+        super().__init__(message)
+        self.resend = resend
+
+
 # -- integrity: evidence does not check out ---------------------------------------------------
 class IntegrityError(AnonfedError):
     """Stored or received evidence failed a check (hash, signature, chain, accountant state)."""

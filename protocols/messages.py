@@ -35,7 +35,9 @@ SCHEMA_NAME = "anonfed.messages"
 # 2: train/synthesize/k-SALSA requests say how many of the site's claims the ledger holds
 #    (ledger_claims_held) and replies may carry the claims it lacks (prior_claims). A side that
 #    reads 1 would refuse those fields as unknown; the version makes the refusal say why.
-SCHEMA_VERSION = 2
+# 3: a refusal with code "ledger-behind" may carry prior_claims (a site whose claim log is further
+#    ahead of the ledger than one reply can carry sends its earlier claims instead of working).
+SCHEMA_VERSION = 3
 
 #: The only scalar value types any message field may hold (bool is checked before int).
 SCALAR_TYPES: tuple[type, ...] = (bool, int, float, str, bytes)
@@ -381,11 +383,22 @@ class Refusal(WireMessage):
     exit_code: int
     reason: str  # human-readable, checked by the egress guard like any other string
     epsilon_cumulative: float | None
+    # Only with code LEDGER_BEHIND: the oldest signed claims of the site's log that the ledger lacks,
+    # for the coordinator to record; the site did no work and spent no budget for this request.
+    prior_claims: tuple[bytes, ...] | None = None
 
     def validate(self) -> None:
         _site_id(self)
         if not re.match(r"^[a-z][a-z0-9-]{1,40}$", self.code):
             raise MessageSchemaError(f"{self.KIND}: code must be a short lowercase slug, got {self.code!r}")
+        if self.prior_claims and self.code != LEDGER_BEHIND:
+            raise MessageSchemaError(f"{self.KIND}: only a {LEDGER_BEHIND!r} refusal carries prior_claims, "
+                                     f"not {self.code!r}")
+
+
+#: Refusal code of a site that will not work for a request until the ledger has caught up with its
+#: claim log (see :class:`Refusal`'s ``prior_claims``).
+LEDGER_BEHIND = "ledger-behind"
 
 
 REQUESTS: dict[str, type[WireMessage]] = {

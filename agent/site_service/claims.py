@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from agent.config import SiteConfig
+from protocols.errors import LedgerBehindError
 from protocols.tasks import PrivacyUnit, Task
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Claims resent in one reply at most (~1 KB each): a ledger far behind catches up over several replies.
+# Claims resent in one reply at most (~1 KB each). A ledger further behind is sent them in
+# "ledger-behind" refusals, before the site works for it again (require_ledger_caught_up).
 MAX_RESENT_CLAIMS = 1000
 
 
@@ -114,6 +116,33 @@ def with_resent_claims(site: SiteConfig, pending: PendingClaim | None, held: int
     return dataclasses.replace(pending, prior=tuple(resent) + pending.prior) if resent else pending
 
 
+def require_ledger_caught_up(site: SiteConfig, held: int | None) -> None:
+    """Refuse to work for a request while the coordinator's ledger lacks more than
+    MAX_RESENT_CLAIMS of the site's claims (``held`` is how many it holds; None: no ledger).
+
+    Without this, the site would spend budget on a round whose claim the ledger cannot record yet
+    (only the oldest MAX_RESENT_CLAIMS fit in a reply), and the coordinator would have to reject it.
+
+    Raises
+    ------
+    LedgerBehindError
+        Carrying the oldest MAX_RESENT_CLAIMS missing claims, for a "ledger-behind" refusal.
+    """
+    if held is None:
+        return
+    from agent.ledger import SiteClaimLog, claim_log_path
+
+    claim_log = SiteClaimLog(claim_log_path(site.state.root))
+    behind = claim_log.next_seq - int(held)
+    if behind > MAX_RESENT_CLAIMS:
+        resend = tuple(c.to_bytes() for c in claim_log.since(int(held))[:MAX_RESENT_CLAIMS])
+        raise LedgerBehindError(
+            f"the coordinator's ledger holds {held} of this site's {claim_log.next_seq} claims; the site sends "
+            f"the next {len(resend)} and works again once at most {MAX_RESENT_CLAIMS} are missing",
+            resend,
+        )
+
+
 def _claims_to_resend(claim_log: "SiteClaimLog", held: object) -> list[bytes]:
     """Claims of the site's log from the position the coordinator's ledger has reached."""
     if held is None:
@@ -123,10 +152,9 @@ def _claims_to_resend(claim_log: "SiteClaimLog", held: object) -> list[bytes]:
         log.warning("the coordinator's ledger holds %d claims of this site but its claim log only %d; "
                     "the site's claim log is incomplete", held, claim_log.next_seq)
         return []
-    missing = claim_log.since(held)
-    resent = [c.to_bytes() for c in missing[:MAX_RESENT_CLAIMS]]  # the oldest first; the rest next time
+    resent = [c.to_bytes() for c in claim_log.since(held)]  # at most MAX_RESENT_CLAIMS: see require_ledger_caught_up
     if resent:
-        log.info("resending %d of %d claim(s) the coordinator's ledger does not hold", len(resent), len(missing))
+        log.info("resending %d claim(s) the coordinator's ledger does not hold", len(resent))
     return resent
 
 

@@ -17,7 +17,7 @@ from agent.config import SiteConfig
 from agent.guard import EgressPolicy, check_outgoing, find_identifying_text, real_fingerprints
 from agent.guard.egress import SITE_ONLY_TASKS
 from agent.site_service import policy as site_policy
-from agent.site_service.claims import PendingClaim, with_resent_claims
+from agent.site_service.claims import PendingClaim, require_ledger_caught_up, with_resent_claims
 from agent.site_service.engine import TrainingEngine
 from agent.site_service.state import ModelRecord, SiteState
 from protocols import errors
@@ -31,6 +31,7 @@ ClaimSigner = Callable[[SiteConfig, Mapping[str, object]], "PendingClaim | None"
 
 _REFUSAL_CODES: tuple[tuple[type[errors.AnonfedError], str], ...] = (
     (errors.BudgetExceededError, "budget-exceeded"),
+    (errors.LedgerBehindError, m.LEDGER_BEHIND),
     (errors.TaskRefusedError, "task-refused"),
     (errors.EgressBlockedError, "egress-blocked"),
     (errors.KAnonymityError, "k-anonymity"),
@@ -84,6 +85,7 @@ def handle_train(
                 f"task {ins.task.value} trains a site-only model (no DP) whose weights never leave the site; "
                 "train it at the site (`anonfed stylegan train`) or ask for stylegan-dp"
             )
+        require_ledger_caught_up(site, ins.ledger_claims_held)  # before any budget is spent
         spent = engine.epsilon_spent(site, dataset_id=ins.dataset_id)
         terms = site_policy.decide_train_terms(site, ins, epsilon_spent=spent)
         data = engine.load_data(
@@ -146,6 +148,7 @@ def handle_synthesize(
     state = SiteState(site)
     try:
         site_policy.require_task(site, Task.SYNTHESIZE)
+        require_ledger_caught_up(site, query.ledger_claims_held)
         record, weights = state.load_model()
         if (record.architecture, record.patch_size) != (query.architecture, query.patch_size):
             raise errors.BadInputError(
@@ -197,6 +200,7 @@ def handle_ksalsa(site: SiteConfig, request: m.Envelope, *, run_task: KsalsaRunn
 
         if run_task is None:
             from agent.ksalsa.task import run_ksalsa_task as run_task
+        require_ledger_caught_up(site, query.ledger_claims_held)
         req = KsalsaRequest(run_id=query.run_id, round=query.round, k=query.k, method=Method(query.method),
                             steps=query.steps, dataset_id=query.dataset_id)
         outcome = run_task(site, req)
@@ -234,6 +238,7 @@ def refusal(site: SiteConfig, request: m.WireMessage, round_: int, exc: BaseExce
     msg = m.Refusal(
         run_id=run_id, round=int(round_), site_id=site.site_id, request_kind=request.KIND, code=code,
         exit_code=exit_code, reason=reason[: m.MAX_STRING_CHARS], epsilon_cumulative=None,
+        prior_claims=(exc.resend or None) if isinstance(exc, errors.LedgerBehindError) else None,
     )
     try:
         check_outgoing(m.Envelope(msg), EgressPolicy(blocked_log=SiteState(site).blocked_log))

@@ -41,8 +41,9 @@ class ClaimSink(Protocol):
     """The coordinator's ledger as the round loop sees it."""
 
     def __call__(self, site: str, reply: m.WireMessage) -> None:
-        """Record the signed claims of a reply from ``site`` (its ``prior_claims``, then its ``claim``);
-        raise IntegrityError (or another AnonfedError) to reject the reply."""
+        """Record the signed claims of a reply from ``site`` (its ``prior_claims``, then its ``claim``;
+        a "ledger-behind" refusal carries prior claims only); raise IntegrityError (or another
+        AnonfedError) to reject the reply."""
 
     def claims_held(self, site: str) -> int:
         """How many of ``site``'s claims the ledger holds (sent with each train instruction)."""
@@ -237,13 +238,12 @@ def _accept_train_reply(
         refusals.append({"round": rnd, "site": site, "code": "transport", "reason": reply.reason})
         return None
     msg = reply.message
-    if isinstance(msg, m.Refusal):
-        say(f"round {rnd}: {site} refused ({msg.code}): {msg.reason}")
-        refusals.append({"round": rnd, "site": site, "code": msg.code, "reason": msg.reason})
-        if msg.code == "budget-exceeded":
-            budget.mark_exhausted(site, "the site refused: its own budget is spent")
-        return None
     try:
+        if isinstance(msg, m.Refusal):
+            _note_refusal(msg, site, rnd, f"round {rnd}", on_claim, refusals, say)
+            if msg.code == "budget-exceeded":
+                budget.mark_exhausted(site, "the site refused: its own budget is spent")
+            return None
         if not isinstance(msg, m.TrainReply):
             raise IntegrityError(f"expected a train reply, got {msg.KIND}")
         if msg.site_id != site or msg.round != rnd:
@@ -307,7 +307,7 @@ def _collect_outputs(
         reply = replies.get(node, Failure(node, "no reply"))
         try:
             msg = _release_reply(reply, m.SynthesizeReply, site=site, what="synthesize", rnd=rnd,
-                                 refusals=refusals, say=say)
+                                 on_claim=on_claim, refusals=refusals, say=say)
             if msg is None:
                 continue
             samples = reply.arrays.get("samples")
@@ -357,7 +357,7 @@ def _collect_ksalsa(
         reply = replies.get(node, Failure(node, "no reply"))
         try:
             msg = _release_reply(reply, m.KsalsaReply, site=site, what="k-anonymous release", rnd=rnd,
-                                 refusals=refusals, say=say)
+                                 on_claim=on_claim, refusals=refusals, say=say)
             if msg is None:
                 continue
             if msg.k < plan.ksalsa_k:
@@ -390,6 +390,7 @@ def _release_reply(
     site: str,
     what: str,
     rnd: int,
+    on_claim: ClaimSink | None,
     refusals: list[dict[str, object]],
     say: Progress,
 ) -> m.WireMessage | None:
@@ -406,12 +407,20 @@ def _release_reply(
         raise IntegrityError(reply.reason)
     msg = reply.message  # type: ignore[attr-defined]
     if isinstance(msg, m.Refusal):
-        say(f"{what}: {site} refused ({msg.code}): {msg.reason}")
-        refusals.append({"round": rnd, "site": site, "code": msg.code, "reason": msg.reason})
+        _note_refusal(msg, site, rnd, what, on_claim, refusals, say)
         return None
     if not isinstance(msg, expected) or msg.site_id != site:
         raise IntegrityError(f"expected a {what} reply from {site}")
     return msg
+
+
+def _note_refusal(msg: m.Refusal, site: str, rnd: int, what: str, on_claim: ClaimSink | None,
+                  refusals: list[dict[str, object]], say: Progress) -> None:
+    """Record a refusal; the earlier claims a "ledger-behind" refusal carries go to the ledger."""
+    say(f"{what}: {site} refused ({msg.code}): {msg.reason}")
+    refusals.append({"round": rnd, "site": site, "code": msg.code, "reason": msg.reason})
+    if msg.prior_claims and on_claim is not None:
+        on_claim(site, msg)
 
 
 def _describe(reply: object) -> str:

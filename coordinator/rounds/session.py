@@ -125,10 +125,19 @@ class _LedgerSink:
     def __call__(self, site: str, reply: m.WireMessage) -> None:
         from protocols.ledger import SignedClaim
 
-        signed = SignedClaim.from_bytes(reply.claim)  # type: ignore[attr-defined]
-        check_claim_matches_reply(signed.claim, site, reply)
         if site not in self.site_keys:
             raise IntegrityError(f"no public key for site {site} in the keys folder; enroll the site first")
+        if isinstance(reply, m.Refusal):  # a "ledger-behind" refusal: earlier claims only, no release
+            self._append_prior(site, reply)
+            return
+        signed = SignedClaim.from_bytes(reply.claim)  # type: ignore[attr-defined]
+        check_claim_matches_reply(signed.claim, site, reply)
+        self._append_prior(site, reply)
+        self._append(site, signed, "")
+
+    def _append_prior(self, site: str, reply: m.WireMessage) -> None:
+        from protocols.ledger import SignedClaim
+
         for raw in getattr(reply, "prior_claims", None) or ():
             prior = SignedClaim.from_bytes(raw)
             if prior.claim.site != site:
@@ -145,7 +154,6 @@ class _LedgerSink:
                     )
                 continue
             self._append(site, prior, "earlier claim")
-        self._append(site, signed, "")
 
     def _append(self, site: str, signed: "SignedClaim", what: str) -> None:
         entry = self.ledger.append_site_claim(signed, self.site_keys[site])

@@ -90,6 +90,54 @@ def test_lost_reply_and_crashed_round_are_claimed_in_the_next_reply(tmp_path, ti
     assert all(a.cumulative_epsilon < b.cumulative_epsilon for a, b in zip(claims, claims[1:]))
 
 
+def test_a_ledger_far_behind_is_sent_claims_before_the_site_spends_again(tmp_path, tiny_fundus, transport_for,
+                                                                         monkeypatch) -> None:
+    """More missing claims than one reply carries: the site refuses ("ledger-behind") with the oldest
+    ones and trains nothing, so no round is spent on a reply the ledger would have to reject."""
+    monkeypatch.setattr("agent.site_service.claims.MAX_RESENT_CLAIMS", 1)
+    keys, (site,) = _enrolled(tmp_path, "hospital-a")
+    engine = _engine(tiny_fundus)
+    real_train, trained_rounds = engine.train, []
+
+    def train(site_, **kw):
+        trained_rounds.append(kw["instruction"].round)
+        return real_train(site_, **kw)
+
+    engine.train = train  # type: ignore[method-assign]
+    transport = transport_for({100: (site, engine)}, sign_claim=ledger_signer)
+    exchange = transport.exchange
+
+    def lossy_exchange(requests, *, round_, timeout_s):
+        replies = exchange(requests, round_=round_, timeout_s=timeout_s)
+        if round_ in (1, 2):  # the site replied and logged both claims; neither reply arrived
+            return {n: Failure(n, "connection reset") for n in replies}
+        return replies
+
+    transport.exchange = lossy_exchange
+    out = tmp_path / "out"
+    result = run_session(transport, _plan(rounds=4, local_steps=2, run_id="run-behind"), SessionPaths(out, keys))
+
+    assert trained_rounds == [1, 2, 4]  # round 3 was refused before any budget was spent
+    assert [(r["round"], r["code"]) for r in result.refusals] == [(1, "transport"), (2, "transport"), (3, m.LEDGER_BEHIND)]
+    held = [ins.ledger_claims_held for _, ins in sorted(transport.train_instructions.items())]
+    assert held == [0, 0, 0, 1]  # the refusal brought claim 0, so round 4 only needs claim 1 resent
+    assert [t.sites_trained for t in result.timings] == [0, 0, 0, 1]
+    ledger = out / "ledger" / "ledger.jsonl"
+    assert verify(ledger, load_key_directory(keys / "public")).ok
+    claims = [LedgerEntry.from_line(line).claim for line in ledger.read_bytes().splitlines()]
+    assert claims == [c.claim for c in SiteClaimLog(claim_log_path(site.state.root)).claims()]
+    assert [c.round for c in claims] == [1, 2, 4]
+    assert sum(c.mechanism.steps for c in claims) == open_accountant(site, "fundus").total_steps == 6
+
+
+def test_only_a_ledger_behind_refusal_may_carry_claims() -> None:
+    base = dict(run_id="r", round=1, site_id="hospital-a", request_kind="train", exit_code=11, reason="no",
+                epsilon_cumulative=None, prior_claims=(b"{}",))
+    with pytest.raises(m.MessageSchemaError, match="only a 'ledger-behind' refusal carries prior_claims"):
+        m.Refusal(code="budget-exceeded", **base).validate()
+    m.Refusal(code=m.LEDGER_BEHIND, **base).validate()
+
+
 def test_reply_with_a_prior_claim_of_another_site_is_rejected(tmp_path, tiny_fundus, transport_for) -> None:
     keys, enrolled = _enrolled(tmp_path, "hospital-a", "hospital-b")
     transport = transport_for({100 + i: (site, _engine(tiny_fundus)) for i, site in enumerate(enrolled)},

@@ -112,8 +112,10 @@ def test_release_resends_the_claims_the_coordinator_lacks(site, monkeypatch) -> 
         out = handle_ksalsa(site, m.Envelope(query), run_task=lambda s, req: release)
         assert isinstance(out.message, m.KsalsaReply), out.message
         assert out.message.prior_claims == expected and out.message.claim == signed[2].to_bytes()
-    # A ledger far behind catches up over several replies, oldest claims first.
+    # A ledger further behind than one reply carries is sent the oldest claims in a refusal, and the
+    # release is not made.
     monkeypatch.setattr("agent.site_service.claims.MAX_RESENT_CLAIMS", 1)
     query = dataclasses.replace(_query().message, ledger_claims_held=0)
-    out = handle_ksalsa(site, m.Envelope(query), run_task=lambda s, req: release)
+    out = handle_ksalsa(site, m.Envelope(query), run_task=lambda s, req: pytest.fail("released while behind"))
+    assert isinstance(out.message, m.Refusal) and out.message.code == m.LEDGER_BEHIND
     assert out.message.prior_claims == (signed[0].to_bytes(),)
