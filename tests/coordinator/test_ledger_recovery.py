@@ -135,7 +135,8 @@ def test_only_a_ledger_behind_refusal_may_carry_claims() -> None:
                 epsilon_cumulative=None, prior_claims=(b"{}",))
     with pytest.raises(m.MessageSchemaError, match="only a 'ledger-behind' refusal carries prior_claims"):
         m.Refusal(code="budget-exceeded", **base).validate()
-    m.Refusal(code=m.LEDGER_BEHIND, **base).validate()
+    behind = m.Refusal(code=m.LEDGER_BEHIND, **base)
+    assert m.from_recorddict(m.to_recorddict(m.Envelope(behind))).message == behind  # survives Flower records
 
 
 def test_reply_with_a_prior_claim_of_another_site_is_rejected(tmp_path, tiny_fundus, transport_for) -> None:
