@@ -527,7 +527,7 @@ class Variant:
     by_grade: bool = False  # cluster within each grade (every output has one grade)
     shrink: float = 1.0  # psi toward the draw's mean code (k-SALSA; for the centroid: a shrunk centroid, no alignment)
     content_target: str = "members"  # k-SALSA content loss against the members (published) or the start image
-    style_target: str = "members"  # k-SALSA style against each member's matched patches (published) or pooled
+    style_target: str = "members"  # k-SALSA style: each member's matched patches (published), pooled or site
 
     @property
     def name(self) -> str:
@@ -1038,8 +1038,9 @@ def _frontier_colour(name: str) -> str:
         return base[name]
     psi = float(name.split("psi=")[1].split()[0]) if "psi=" in name else 1.0
     shade = {1.0: 0.95, 0.8: 0.75, 0.6: 0.55, 0.4: 0.35}.get(psi, 0.5)
-    cmap = {"centroid": "Oranges", "start": "Purples", "pooled": "Greys", "pooled-start": "RdPu"}.get(
+    cmap = {"centroid": "Oranges", "start": "Purples", "pooled": "Greys", "pooled-start": "RdPu", "site": "YlGn"}.get(
         "centroid" if name.startswith("centroid") else
+        "site" if "style=site" in name else
         ("pooled-start" if "content=start" in name else "pooled") if "style=pooled" in name else
         "start" if "content=start" in name else "", "Blues")
     import matplotlib
@@ -1123,7 +1124,8 @@ def main() -> None:
         p.add_argument("--shrink-psis", default="0.8,0.6,0.4", help="psi values toward the draw's mean code (privacy sweep)")
         p.add_argument("--content-targets", default="members,start", help="k-SALSA content targets (privacy sweep)")
         p.add_argument("--extra-variants", default="",
-                       help="more k-SALSA variants for the privacy sweep, ';'-separated, e.g. 'style=pooled;psi=0.6,content=start,style=pooled'")
+                       help="more k-SALSA variants for the privacy sweep, ';'-separated, e.g. 'style=pooled;psi=0.6,content=start,style=site' "
+                            "(style: members, pooled or site)")
         p.add_argument("--selection-draws", default="", help="draws used to choose the content weight (default: first half)")
         p.add_argument("--mia-target", type=float, default=1.5)
         p.add_argument("--recon-before", default="", help="JSON of the recon stage run on the models before the fine-tune")

@@ -24,7 +24,7 @@ from agent.ksalsa.baselines import (Method, centroid_latents, group_weights, k_s
                                     to_tensor, to_uint8)
 from agent.ksalsa.clustering import Clustering, cluster_by_patient
 from agent.inversion.invert import OptimisationSettings
-from agent.ksalsa.style_alignment import AlignmentFeatures, AlignmentSettings, StepTimes, align_group
+from agent.ksalsa.style_alignment import AlignmentFeatures, AlignmentSettings, StepTimes, align_group, site_style_grams
 from agent.records import FundusImage
 from protocols.errors import BadInputError
 
@@ -160,16 +160,21 @@ def make_averages(
             out = inverter.generator.synthesis(centroid_latents(ws, clustering, keys), noise_mode="const")  # type: ignore[union-attr]
     else:
         aligner = AlignmentFeatures(features, settings)  # type: ignore[arg-type]
-        anchor = None
+        anchor = site_grams = None
+        pw = torch.as_tensor(patient_weights(keys), dtype=ws.dtype, device=ws.device)  # type: ignore[union-attr]
         if settings.shrink != 1.0:
             # Site-wide mean over all N >= k patients (patient-weighted like the group means), so a
             # shrunk start still derives from >= k patients and carries less of its own group.
-            pw = torch.as_tensor(patient_weights(keys), dtype=ws.dtype, device=ws.device)  # type: ignore[union-attr]
             anchor = (ws * pw.view(-1, 1, 1)).sum(dim=0, keepdim=True)  # type: ignore[operator]
             log.info("k-SALSA starts shrunk toward the site mean of %d patients (psi=%g)", len(set(keys)), settings.shrink)
+        if settings.style_target == "site":
+            # The same population and weights as the anchor; once per release, the same for every group.
+            site_grams = site_style_grams(inverter.generator, ws, pw.tolist(), aligner)  # type: ignore[union-attr,arg-type]
+            log.info("k-SALSA style target: mean patch Grams of the %d patients of the release", len(set(keys)))
         outs = []
         for idx, w in group_weights(clustering, keys):
-            result = align_group(inverter.generator, ws[idx], w.tolist(), aligner, anchor=anchor)  # type: ignore[union-attr,index]
+            result = align_group(inverter.generator, ws[idx], w.tolist(), aligner, anchor=anchor,  # type: ignore[union-attr,index]
+                                 site_grams=site_grams)
             outs.append(result.image)
             for name in ("generator", "features", "optimiser", "steps"):
                 setattr(times, name, getattr(times, name) + getattr(result.times, name))

@@ -38,6 +38,19 @@ keep the published method):
 * ``style_target="pooled"``: the style target of each grid position is the patient-weighted mean of
   the members' Grams at that position (no per-member patch matching), so every style target is an
   average over the group's >= k patients rather than one member's patch.
+* ``style_target="site"``: the style target of each grid position is the patient-weighted mean Gram
+  over ALL N >= k patients of the release (the population whose mean code is the shrink anchor
+  ``w_site``), computed once per release by :func:`site_style_grams` and passed to
+  :func:`align_group` like the anchor. Alignment then only pulls the texture toward site-level
+  statistics: no style target belongs to the group.
+
+Privacy argument for ``content_target="start"`` with ``style_target="site"``: the start code is
+``w_site + psi * (w_group - w_site)``, the content target is its image and the style target the site
+mean Gram, so each output is a deterministic function of its group's (patient-weighted) mean code
+and of two site-wide averages over N >= k patients (``w_site`` and the site Grams); no member's code
+or image enters the optimisation of its group in any other way (:func:`group_targets` does not even
+reconstruct the members then). This is the same dependence as a (shrunk) centroid release plus two
+site-wide means; it is an argument about what enters the output, not a differential-privacy bound.
 """
 
 from __future__ import annotations
@@ -55,7 +68,8 @@ from agent.stylegan.generator import Generator
 from protocols.errors import BadInputError
 
 CONTENT_TARGETS = ("members", "start")  # what the content loss compares the output with
-STYLE_TARGETS = ("members", "pooled")  # per-member matched patch Grams (published), or their mean per position
+# per-member matched patch Grams (published); their mean per grid position; the whole release's mean per position
+STYLE_TARGETS = ("members", "pooled", "site")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +88,8 @@ class AlignmentSettings:
     feature_size: int | None = None  # resize images to this edge before the feature network (None: as is)
     shrink: float = 1.0  # psi: start from w_site + psi * (w_group - w_site); 1 = the published group mean
     content_target: str = "members"  # "members" (published) or "start": the start image's own features
-    style_target: str = "members"  # "members" (published) or "pooled": members' mean Gram per grid position
+    style_target: str = "members"  # "members" (published), "pooled" (members' mean Gram per grid position) or
+    #                                "site" (mean Gram per position over every patient of the release)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.grid < 1:
@@ -98,8 +113,8 @@ class GroupTargets:
     """Everything the loss needs from a group's members, computed once."""
 
     content: torch.Tensor  # (T, Dc) unit-normalised deep features of the content targets
-    patch_keys: torch.Tensor  # (M, P, Dp) unit-normalised flattened early-layer patches
-    grams: torch.Tensor  # (M, P, C, C) Gram matrix of each patch; (1, P, C, C) weighted mean if style is pooled
+    patch_keys: torch.Tensor | None  # (M, P, Dp) unit-normalised flattened early-layer patches (None: pooled or site style)
+    grams: torch.Tensor  # (M, P, C, C) Gram matrix of each patch; (1, P, C, C) weighted mean if style is pooled or site
     weights: torch.Tensor  # (M,) member weights summing to 1 (style)
     content_weights: torch.Tensor  # (T,) content-target weights summing to 1 (T = M, or 1 for the start image)
 
@@ -154,28 +169,75 @@ def _grams_and_keys(style_map: torch.Tensor, grid: int) -> tuple[torch.Tensor, t
     return grams, keys
 
 
+def _normalised(weights: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    w = torch.as_tensor(list(weights), dtype=like.dtype, device=like.device)
+    return w / w.sum()
+
+
+def _weighted_mean_grams(grams: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(B, P, C, C) Grams and (B,) weights -> (1, P, C, C) weighted sum (the pooled style target)."""
+    return (grams * w.view(-1, 1, 1, 1)).sum(dim=0, keepdim=True)
+
+
+def site_style_grams(G: Generator, ws: torch.Tensor, weights: Sequence[float], features: AlignmentFeatures,
+                     *, batch: int = 64) -> torch.Tensor:
+    """The ``style_target="site"`` target: the weighted mean patch Gram per grid position over a release.
+
+    ``ws`` (N, num_ws, w_dim) are the codes of every image of the release and ``weights`` their
+    patient weights (normalised here). Computed once per release, in batches of ``batch`` images,
+    without gradients; the result (1, P, C, C) is the same for every group.
+    """
+    if ws.ndim != 3 or ws.shape[0] != len(weights) or ws.shape[0] == 0:
+        raise BadInputError(f"site codes: expected (N, num_ws, w_dim) for {len(weights)} images, got {tuple(ws.shape)}")
+    if batch < 1:
+        raise BadInputError(f"site_style_grams: batch must be >= 1, got {batch}")
+    w = _normalised(weights, ws)
+    total = None
+    with torch.no_grad():
+        for i in range(0, ws.shape[0], batch):
+            grams, _ = _grams_and_keys(features(synthesize(G, ws[i:i + batch]))[1], features.settings.grid)
+            part = _weighted_mean_grams(grams, w[i:i + batch])
+            total = part if total is None else total + part
+    return total  # type: ignore[return-value]
+
+
 def group_targets(G: Generator, member_ws: torch.Tensor, weights: Sequence[float], features: AlignmentFeatures,
-                  *, content_ws: torch.Tensor | None = None) -> GroupTargets:
+                  *, content_ws: torch.Tensor | None = None, site_grams: torch.Tensor | None = None) -> GroupTargets:
     """Reconstruct the members and compute their content and style targets (no gradients).
 
     ``content_ws`` (1, num_ws, w_dim), if given, replaces the members as the content target (the
-    ``content_target="start"`` option); style targets always come from the members.
+    ``content_target="start"`` option). Style targets come from the members, except with
+    ``style_target="site"``, where ``site_grams`` (from :func:`site_style_grams`) is the target;
+    with both options the members are not reconstructed at all.
     """
+    s = features.settings
     if member_ws.ndim != 3 or member_ws.shape[0] != len(weights):
         raise BadInputError(f"member_ws: expected (M, num_ws, w_dim) for {len(weights)} members, got {tuple(member_ws.shape)}")
     if content_ws is not None and (content_ws.ndim != 3 or content_ws.shape[0] != 1):
         raise BadInputError(f"content_ws: expected one W+ code (1, num_ws, w_dim), got {tuple(content_ws.shape)}")
+    if s.style_target == "site" and site_grams is None:
+        raise BadInputError("style_target='site' needs the release's mean patch Grams as site_grams "
+                            "(site_style_grams; make_averages computes them)")
+    if s.style_target != "site" and site_grams is not None:
+        raise BadInputError(f"site_grams given but style_target is {s.style_target!r}, not 'site'")
+    w = _normalised(weights, member_ws)
+    keys = None
     with torch.no_grad():
-        recon = synthesize(G, member_ws)
-        content, style = features(recon)
-        grams, keys = _grams_and_keys(style, features.settings.grid)
+        if content_ws is None or s.style_target != "site":
+            content, style = features(synthesize(G, member_ws))
+            grams, keys = _grams_and_keys(style, s.grid)
         if content_ws is not None:
-            content = features(synthesize(G, content_ws))[0]
-    w = torch.as_tensor(list(weights), dtype=recon.dtype, device=recon.device)
-    w = w / w.sum()
-    if features.settings.style_target == "pooled":
-        grams = (grams * w.view(-1, 1, 1, 1)).sum(dim=0, keepdim=True)
-    content_w = w if content_ws is None else torch.ones(1, dtype=recon.dtype, device=recon.device)
+            content, style = features(synthesize(G, content_ws))
+            if s.style_target == "site":
+                grams = _grams_and_keys(style, s.grid)[0]  # only for the shape check below
+    if s.style_target == "site":
+        if site_grams.shape != (1, *grams.shape[1:]):  # type: ignore[union-attr]
+            raise BadInputError(f"site_grams: expected (1, {', '.join(map(str, grams.shape[1:]))}) for this feature "
+                                f"network and grid, got {tuple(site_grams.shape)}")  # type: ignore[union-attr]
+        grams, keys = site_grams.to(member_ws.device, member_ws.dtype), None  # type: ignore[union-attr]
+    elif s.style_target == "pooled":
+        grams, keys = _weighted_mean_grams(grams, w), None
+    content_w = w if content_ws is None else torch.ones(1, dtype=member_ws.dtype, device=member_ws.device)
     return GroupTargets(F.normalize(content.flatten(1), dim=-1), keys, grams, w, content_w)
 
 
@@ -196,12 +258,12 @@ def alignment_loss(image: torch.Tensor, targets: GroupTargets, features: Alignme
     out = F.normalize(content_map.flatten(1), dim=-1)  # (1, Dc)
     content = ((1.0 - (targets.content * out).sum(dim=-1)) * targets.content_weights).sum()
     grams, keys = _grams_and_keys(style_map, s.grid)  # (1, P, C, C), (1, P, Dp)
-    if s.style_target == "pooled":
-        # Position-aligned: each output patch against the members' mean Gram at that position.
+    if s.style_target in ("pooled", "site"):
+        # Position-aligned: each output patch against the mean Gram (members' or site's) at that position.
         style = (grams[0] - targets.grams[0]).square().sum(dim=(-1, -2)).mean()
         return s.content_weight * content + s.style_weight * style, content, style
     # Match each source patch to its most similar synthetic patch (the argmax carries no gradient).
-    similarity = targets.patch_keys @ keys[0].T  # (M, P_src, P_syn)
+    similarity = targets.patch_keys @ keys[0].T  # type: ignore[operator]  # (M, P_src, P_syn)
     best = similarity.argmax(dim=-1)  # (M, P_src)
     matched = grams[0][best]  # (M, P_src, C, C)
     per_member = (matched - targets.grams).square().sum(dim=(-1, -2)).mean(dim=-1)  # (M,)
@@ -210,12 +272,15 @@ def alignment_loss(image: torch.Tensor, targets: GroupTargets, features: Alignme
 
 
 def align_group(G: Generator, member_ws: torch.Tensor, weights: Sequence[float], features: AlignmentFeatures,
-                *, start: torch.Tensor | None = None, anchor: torch.Tensor | None = None) -> AlignmentResult:
+                *, start: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
+                site_grams: torch.Tensor | None = None) -> AlignmentResult:
     """Optimise the group's W+ code from ``start`` (default: the weighted centroid of ``member_ws``).
 
     With ``settings.shrink`` < 1 the start is first pulled toward ``anchor`` (the site-wide mean
     code, (1, num_ws, w_dim)); with ``settings.content_target == "start"`` the content target is the
-    image of that (shrunk) start code. With ``steps=0`` the result is the image of the start code.
+    image of that (shrunk) start code; with ``settings.style_target == "site"`` the style target is
+    ``site_grams`` (the release's mean patch Grams, :func:`site_style_grams`). With ``steps=0`` the
+    result is the image of the start code.
 
     Runs on the device of ``member_ws`` (CUDA or CPU); generator and extractor must be there too.
     The generator is frozen for the duration and restored afterwards.
@@ -224,23 +289,26 @@ def align_group(G: Generator, member_ws: torch.Tensor, weights: Sequence[float],
     ------
     BadInputError
         If the codes do not fit the generator, the feature maps are too small for the grid, or
-        ``shrink`` < 1 without an ``anchor``.
+        ``shrink`` < 1 without an ``anchor``, or ``style_target="site"`` without (or with
+        misshaped) ``site_grams``.
     """
     s = features.settings
     if member_ws.shape[1:] != (G.num_ws, G.cfg.w_dim):
         raise BadInputError(f"member_ws: expected (M, {G.num_ws}, {G.cfg.w_dim}), got {tuple(member_ws.shape)}")
     if s.shrink != 1.0 and anchor is None:
         raise BadInputError("shrink < 1 needs the site-wide mean W+ code as anchor (make_averages computes it)")
+    if s.style_target == "site" and site_grams is None:
+        raise BadInputError("style_target='site' needs the release's mean patch Grams as site_grams "
+                            "(site_style_grams; make_averages computes them)")
     if start is None:
-        w = torch.as_tensor(list(weights), dtype=member_ws.dtype, device=member_ws.device)
-        start = (member_ws * (w / w.sum()).view(-1, 1, 1)).sum(dim=0, keepdim=True)
+        start = (member_ws * _normalised(weights, member_ws).view(-1, 1, 1)).sum(dim=0, keepdim=True)
     if s.shrink != 1.0:
         start = shrink_toward(start, anchor.to(start.device, start.dtype), s.shrink)  # type: ignore[union-attr]
     grad_state = [p.requires_grad for p in G.parameters()]
     G.requires_grad_(False)
     try:
         targets = group_targets(G, member_ws, weights, features,
-                                content_ws=start if s.content_target == "start" else None)
+                                content_ws=start if s.content_target == "start" else None, site_grams=site_grams)
         ws = start.detach().clone().requires_grad_(True)
         opt = torch.optim.Adam([ws], lr=s.lr, betas=(0.9, 0.999))
         schedule = s.schedule()

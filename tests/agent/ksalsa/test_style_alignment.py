@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from agent.ksalsa.style_alignment import AlignmentFeatures, AlignmentSettings, align_group, alignment_loss, group_targets
+from agent.ksalsa.style_alignment import (AlignmentFeatures, AlignmentSettings, align_group, alignment_loss, group_targets,
+                                         site_style_grams)
 from protocols.errors import BadInputError
 
 
@@ -149,3 +152,60 @@ def test_pooled_style_targets_the_members_mean_gram_per_position(tiny_generator:
     assert float(style) == pytest.approx(0.0, abs=1e-3)
     result = align_group(tiny_generator, member_codes, weights, pooled)
     assert len(result.losses) == 5 and result.losses[-1] < result.losses[0]
+
+
+def test_site_style_needs_well_shaped_site_grams(tiny_generator: nn.Module, lite0: nn.Module,
+                                                 member_codes: torch.Tensor) -> None:
+    site = AlignmentFeatures(lite0, AlignmentSettings(steps=1, style_target="site"))
+    with pytest.raises(BadInputError, match="site_grams"):
+        align_group(tiny_generator, member_codes, [0.2] * 5, site)
+    grams = site_style_grams(tiny_generator, member_codes, [0.2] * 5, site)
+    with pytest.raises(BadInputError, match="site_grams: expected"):
+        align_group(tiny_generator, member_codes, [0.2] * 5, site, site_grams=grams[:, :4])
+    with pytest.raises(BadInputError, match="not 'site'"):
+        group_targets(tiny_generator, member_codes, [0.2] * 5, AlignmentFeatures(lite0, AlignmentSettings()), site_grams=grams)
+    with pytest.raises(BadInputError, match="site codes"):
+        site_style_grams(tiny_generator, member_codes, [0.5, 0.5], site)
+
+
+def test_site_target_is_the_pooled_target_when_the_release_is_one_group(tiny_generator: nn.Module, lite0: nn.Module,
+                                                                        member_codes: torch.Tensor) -> None:
+    weights = [0.1, 0.2, 0.3, 0.2, 0.2]
+    pooled = AlignmentFeatures(lite0, AlignmentSettings(steps=4, style_target="pooled"))
+    site = AlignmentFeatures(lite0, AlignmentSettings(steps=4, style_target="site"))
+    grams = site_style_grams(tiny_generator, member_codes, weights, site)
+    # Batching (and unnormalised weights) does not change the target.
+    tol = 1e-5 * float(grams.abs().max())  # batched convolutions round differently
+    assert torch.allclose(site_style_grams(tiny_generator, member_codes, [2 * x for x in weights], site, batch=2), grams,
+                          rtol=1e-4, atol=tol)
+    t_pooled = group_targets(tiny_generator, member_codes, weights, pooled)
+    t_site = group_targets(tiny_generator, member_codes, weights, site, site_grams=grams)
+    assert t_site.grams.shape == t_pooled.grams.shape and t_site.patch_keys is None
+    assert torch.allclose(t_site.grams, t_pooled.grams, rtol=1e-4, atol=tol)
+    a = align_group(tiny_generator, member_codes, weights, pooled)
+    b = align_group(tiny_generator, member_codes, weights, site, site_grams=grams)
+    assert torch.allclose(a.ws, b.ws, atol=1e-5)
+
+
+def test_content_start_style_site_uses_the_members_only_through_their_mean(tiny_generator: nn.Module, lite0: nn.Module,
+                                                                           member_codes: torch.Tensor) -> None:
+    """Two groups with the same mean code get the same output; with pooled style they do not."""
+    g = torch.Generator().manual_seed(9)
+    noise = torch.randn(member_codes.shape, generator=g)
+    other = member_codes + 0.5 * (noise - noise.mean(dim=0, keepdim=True))  # other members, same mean code
+    assert torch.allclose(other.mean(0), member_codes.mean(0), atol=1e-5)
+    assert (other - member_codes).abs().max() > 0.3
+    anchor = torch.zeros(1, *member_codes.shape[1:])
+    settings = AlignmentSettings(steps=5, shrink=0.8, content_target="start", style_target="site")
+    counting = CountingExtractor(lite0)
+    site = AlignmentFeatures(counting, settings)
+    grams = site_style_grams(tiny_generator, torch.cat([member_codes, other]), [0.1] * 10, site)
+    counting.batches.clear()
+    a = align_group(tiny_generator, member_codes, [0.2] * 5, site, anchor=anchor, site_grams=grams)
+    assert counting.batches == [1] * 6  # the start image, then one call per step: the members are never reconstructed
+    b = align_group(tiny_generator, other, [0.2] * 5, site, anchor=anchor, site_grams=grams)
+    assert torch.allclose(a.ws, b.ws, atol=1e-5) and torch.allclose(a.image, b.image, atol=1e-5)
+    pooled = AlignmentFeatures(lite0, dataclasses.replace(settings, style_target="pooled"))
+    c = align_group(tiny_generator, member_codes, [0.2] * 5, pooled, anchor=anchor)
+    d = align_group(tiny_generator, other, [0.2] * 5, pooled, anchor=anchor)
+    assert not torch.allclose(c.ws, d.ws, atol=1e-4)
