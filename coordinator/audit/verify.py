@@ -200,6 +200,8 @@ def audit(
         findings.append(Finding(Severity.WARNING, ChainError, None, None,
                                 f"{found.torn_bytes} bytes after entry {n - 1} are an interrupted write; ignored"))
     head_count = _check_head(head_path or head_path_for(ledger_path), coord_key, hashes, findings)
+    if store_index is not None:
+        _check_unclaimed(store_index, findings)
     sites = tuple(sorted({r.site for r in rows}))
     return AuditResult(ledger_path, n, found.torn_bytes, head_count, tuple(findings), tuple(rows), sites)
 
@@ -261,6 +263,7 @@ def _scan_entries(
         accept(claim, planned)
         if store_index is not None:
             for art in claim.artifacts:
+                store_index.named.add(art.sha256)
                 problem = _check_artifact(store_index, art.sha256)
                 if problem:
                     findings.append(Finding(Severity.ERROR, IntegrityError, i, site, f"artifact {art.name}: {problem}", 3))
@@ -333,6 +336,7 @@ def _row(entry: LedgerEntry) -> EntryRow:
 class _StoreIndex:
     paths: dict[str, Path]
     verified: dict[str, bool]
+    named: set[str] = dataclasses.field(default_factory=set)  # digests some entry's artifact names
 
 
 def _index_store(store: Path) -> _StoreIndex:
@@ -345,6 +349,16 @@ def _index_store(store: Path) -> _StoreIndex:
         if _HEX64.match(stem) and p.is_file():
             paths[stem] = p
     return _StoreIndex(paths, {})
+
+
+def _check_unclaimed(index: _StoreIndex, findings: list[Finding]) -> None:
+    """Store files no entry names: outputs held without a ledger record (or from a run kept without
+    a ledger). A warning, since the ledger's own claims are intact; the auditor decides."""
+    unclaimed = sorted(set(index.paths) - index.named)
+    if unclaimed:
+        shown = ", ".join(index.paths[d].name for d in unclaimed[:3]) + (", ..." if len(unclaimed) > 3 else "")
+        findings.append(Finding(Severity.WARNING, IntegrityError, None, None,
+                                f"the store holds {len(unclaimed)} file(s) that no ledger entry names: {shown}", 3))
 
 
 def _check_artifact(index: _StoreIndex, digest: str) -> str | None:

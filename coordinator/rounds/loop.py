@@ -316,10 +316,8 @@ def _collect_outputs(
             row, new = store.add(
                 samples, claimed_sha256=msg.samples_sha256, run_id=msg.run_id, site=site, round=msg.model_round,
                 method=msg.method, guarantee=msg.guarantee, epsilon=msg.epsilon_cumulative, delta=msg.delta,
-                unit=msg.unit.value,
+                unit=msg.unit.value, record=_claim_recorder(on_claim, site, msg),
             )
-            if on_claim is not None and msg.claim is not None:
-                on_claim(site, msg)
             outputs.append({"site": site, "sha256": row.sha256, "count": row.count, "method": row.method,
                             "guarantee": row.guarantee, "new": new, "path": str(store.blob_path(row.sha256))})
             say(f"stored {row.count} synthetic pairs from {site} ({row.guarantee}) as {row.sha256[:12]}")
@@ -366,9 +364,8 @@ def _collect_ksalsa(
             if images is None or images.shape[0] != msg.count:
                 raise IntegrityError("k-SALSA reply lacks its images or has the wrong count")
             row, new = store.add(images, claimed_sha256=msg.images_sha256, run_id=msg.run_id, site=site,
-                                 round=msg.round, method=msg.method, guarantee=msg.guarantee)
-            if on_claim is not None and msg.claim is not None:
-                on_claim(site, msg)
+                                 round=msg.round, method=msg.method, guarantee=msg.guarantee,
+                                 record=_claim_recorder(on_claim, site, msg))
             outputs.append({"site": site, "sha256": row.sha256, "count": row.count, "method": row.method,
                             "guarantee": row.guarantee, "new": new, "path": str(store.blob_path(row.sha256)),
                             "cluster_sizes": list(msg.cluster_sizes)})
@@ -412,6 +409,13 @@ def _release_reply(
     if not isinstance(msg, expected) or msg.site_id != site:
         raise IntegrityError(f"expected a {what} reply from {site}")
     return msg
+
+
+def _claim_recorder(on_claim: ClaimSink | None, site: str, msg: m.WireMessage) -> Callable[[], None] | None:
+    """What the store calls to record a verified release's claim before keeping the release."""
+    if on_claim is None or getattr(msg, "claim", None) is None:
+        return None
+    return lambda: on_claim(site, msg)
 
 
 def _note_refusal(msg: m.Refusal, site: str, rnd: int, what: str, on_claim: ClaimSink | None,

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -102,8 +102,13 @@ class SyntheticStore:
         epsilon: float | None = None,
         delta: float | None = None,
         unit: str | None = None,
+        record: Callable[[], None] | None = None,
     ) -> tuple[StoredOutput, bool]:
         """Verify and store ``samples``; returns the index row and whether new bytes were written.
+
+        ``record`` (the release's ledger claim) is called once the samples are verified and before
+        anything is written: if it raises, nothing is stored, so the store never holds an output
+        the ledger does not name.
 
         Raises
         ------
@@ -126,6 +131,8 @@ class SyntheticStore:
                 f"synthetic output from {site} round {round}: sha256 {actual[:12]}... does not match the claimed "
                 f"{claimed_sha256[:12]}...; the output was not stored"
             )
+        if record is not None:
+            record()
         path = self.blob_path(actual)
         new_blob = not path.is_file()
         if new_blob:

@@ -32,7 +32,7 @@ fakes = _load_fakes()
 class InProcessTransport:
     """node id -> (site config, engine); requests dispatched like the ClientApp does.
 
-    ``sign_claim`` is passed to the train handler (e.g. the site's real ledger signer). Train
+    ``sign_claim`` is passed to the train and synthesize handlers (e.g. the site's real ledger signer). Train
     requests (instruction and arrays) and train replies are kept by (round, node) for tests that check aggregation.
     """
 
@@ -59,7 +59,7 @@ class InProcessTransport:
                 self.train_instructions[(round_, node)] = wire.message
                 reply = handle_train(site, wire, engine=engine, sign_claim=self.sign_claim)
             elif isinstance(wire.message, m.SynthesizeQuery):
-                reply = handle_synthesize(site, wire, engine=engine)
+                reply = handle_synthesize(site, wire, engine=engine, sign_claim=self.sign_claim)
             elif isinstance(wire.message, m.KsalsaQuery):
                 reply = handle_ksalsa(site, wire, run_task=self.ksalsa_task)
             elif isinstance(wire.message, m.StatusQuery):

@@ -111,6 +111,38 @@ def test_tampered_samples_are_not_stored(consortium, tmp_path) -> None:
     assert {e.site for e in store.entries()} == {"hospital-b", "hospital-c"}
 
 
+def test_output_whose_claim_the_ledger_rejects_is_not_stored(consortium, tmp_path) -> None:
+    """The store never keeps a release the ledger does not record (the claim goes first)."""
+    from agent.site_service.claims import PendingClaim
+    from protocols.errors import IntegrityError
+
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+    t.sign_claim = lambda site, fields: PendingClaim(b"{}", lambda: None)  # a claim on every reply
+
+    class Ledger:
+        def __init__(self) -> None:
+            self.recorded: list[tuple[str, str]] = []
+
+        def claims_held(self, site: str) -> int:
+            return 0
+
+        def __call__(self, site: str, reply: m.WireMessage) -> None:
+            if site == "hospital-a" and isinstance(reply, m.SynthesizeReply):
+                raise IntegrityError("the claim does not continue the site's chain")
+            self.recorded.append((site, reply.KIND))
+
+    plan = FederationPlan(rounds=1, patch_size=8, local_steps=2, synth_count=4, run_id="run-t")
+    init = t.nodes[1000][1].reference_weights(architecture=plan.architecture, patch_size=plan.patch_size)
+    ledger = Ledger()
+    with SyntheticStore(tmp_path / "store") as store:
+        result = run_federation(t, plan, budget=ConsortiumBudget(10.0), store=store, initial_weights=init,
+                                on_claim=ledger)
+        assert {e.site for e in store.entries()} == {"hospital-b", "hospital-c"}
+        assert len(list((tmp_path / "store" / "blobs").rglob("*.npy"))) == 2
+    assert any(r["site"] == "hospital-a" and "continue the site's chain" in r["reason"] for r in result.refusals)
+    assert sorted(k for s, k in ledger.recorded if k == m.SynthesizeReply.KIND) == [m.SynthesizeReply.KIND] * 2
+
+
 def test_second_node_claiming_the_same_site_is_left_out(consortium, tmp_path) -> None:
     t = consortium(budgets=(9.0, 9.0, 9.0))
     t.nodes[1003] = t.nodes[1000]

@@ -40,6 +40,26 @@ def test_outputs_are_content_addressed_and_deduplicated(tmp_path) -> None:
         assert [e.site for e in store.entries(site="hospital-b")] == ["hospital-b"]
 
 
+def test_an_output_whose_claim_the_ledger_rejects_is_not_kept(tmp_path) -> None:
+    """The release's claim is recorded after verification and before anything is written."""
+    s = _samples(0)
+    calls = []
+
+    def ledger_refuses() -> None:
+        calls.append("claim")
+        raise IntegrityError("the ledger refused the claim")
+
+    with SyntheticStore(tmp_path / "store") as store:
+        with pytest.raises(IntegrityError, match="ledger refused"):
+            store.add(s, claimed_sha256=array_sha256(s), run_id="run-1", site="hospital-a", round=1,
+                      method="dpgan-wgan-gp", guarantee="g", record=ledger_refuses)
+        assert calls == ["claim"] and store.entries() == [] and not store.blob_path(array_sha256(s)).exists()
+        with pytest.raises(IntegrityError, match="does not match"):  # a bad output never reaches the ledger
+            store.add(s, claimed_sha256="0" * 64, run_id="run-1", site="hospital-a", round=1, method="m",
+                      guarantee="g", record=ledger_refuses)
+        assert calls == ["claim"]
+
+
 def test_mismatched_hash_is_rejected_on_arrival(tmp_path) -> None:
     with SyntheticStore(tmp_path) as store:
         with pytest.raises(IntegrityError, match="does not match the claimed"):

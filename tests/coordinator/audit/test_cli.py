@@ -81,6 +81,18 @@ def test_artifacts_are_checked_against_the_store(stored_release, capsys) -> None
     assert "artifact image-1.dcm: no file named" in capsys.readouterr().out
 
 
+def test_a_store_file_no_entry_names_is_reported(stored_release, capsys) -> None:
+    """An output held without a ledger record is visible to the auditor (a warning: the claims
+    themselves still verify)."""
+    path, keys, store, _ = stored_release
+    unclaimed = b"released without a claim"
+    (store / f"{hashlib.sha256(unclaimed).hexdigest()}.npy").write_bytes(unclaimed)
+    assert cli.main(["audit", "verify", str(path), "--keys", str(keys), "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^WARN: ledger: IntegrityError.*the store holds 1 file\(s\) that no ledger entry names: "
+                     + hashlib.sha256(unclaimed).hexdigest(), out, re.M), out
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
