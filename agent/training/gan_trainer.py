@@ -86,7 +86,10 @@ class Hyperparameters:
     # adversarial terms balanced; taking the fake term out unbalanced the critic, see above). Needs
     # gp_at="fakes": the penalty is then a function of the critic, the generator and data-free
     # latents only, so adding its gradient is post-processing (no privacy cost). Batch size and
-    # weight are constants as for public_fake_term (GanTrainer._public_grads). Off by default.
+    # weight are constants as for public_fake_term (GanTrainer._public_grads). Unclipped, it weighs
+    # ~20-50x more against the clipped adversarial terms than inside the fused clipped gradient
+    # (benchmarks/results/dpgan/diag_penalty_share.log). Off by default: in the 7 Dec runs ("fifth
+    # batch" in benchmarks/results/dpgan/README.md) it was no better than the fused step.
     public_penalty: bool = False
 
     def __post_init__(self) -> None:
