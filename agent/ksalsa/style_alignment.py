@@ -223,18 +223,18 @@ def group_targets(G: Generator, member_ws: torch.Tensor, weights: Sequence[float
     w = _normalised(weights, member_ws)
     keys = None
     with torch.no_grad():
-        if content_ws is None or s.style_target != "site":
+        if content_ws is None or s.style_target != "site":  # the members are needed for content or style
             content, style = features(synthesize(G, member_ws))
-            grams, keys = _grams_and_keys(style, s.grid)
+            if s.style_target != "site":
+                grams, keys = _grams_and_keys(style, s.grid)
         if content_ws is not None:
             content, style = features(synthesize(G, content_ws))
-            if s.style_target == "site":
-                grams = _grams_and_keys(style, s.grid)[0]  # only for the shape check below
     if s.style_target == "site":
-        if site_grams.shape != (1, *grams.shape[1:]):  # type: ignore[union-attr]
-            raise BadInputError(f"site_grams: expected (1, {', '.join(map(str, grams.shape[1:]))}) for this feature "
-                                f"network and grid, got {tuple(site_grams.shape)}")  # type: ignore[union-attr]
-        grams, keys = site_grams.to(member_ws.device, member_ws.dtype), None  # type: ignore[union-attr]
+        expected = (1, s.grid * s.grid, style.shape[1], style.shape[1])
+        if tuple(site_grams.shape) != expected:  # type: ignore[union-attr]
+            raise BadInputError(f"site_grams: expected {expected} for this feature network and grid, "
+                                f"got {tuple(site_grams.shape)}")  # type: ignore[union-attr]
+        grams = site_grams.to(member_ws.device, member_ws.dtype)  # type: ignore[union-attr]
     elif s.style_target == "pooled":
         grams, keys = _weighted_mean_grams(grams, w), None
     content_w = w if content_ws is None else torch.ones(1, dtype=member_ws.dtype, device=member_ws.device)
@@ -297,9 +297,6 @@ def align_group(G: Generator, member_ws: torch.Tensor, weights: Sequence[float],
         raise BadInputError(f"member_ws: expected (M, {G.num_ws}, {G.cfg.w_dim}), got {tuple(member_ws.shape)}")
     if s.shrink != 1.0 and anchor is None:
         raise BadInputError("shrink < 1 needs the site-wide mean W+ code as anchor (make_averages computes it)")
-    if s.style_target == "site" and site_grams is None:
-        raise BadInputError("style_target='site' needs the release's mean patch Grams as site_grams "
-                            "(site_style_grams; make_averages computes them)")
     if start is None:
         start = (member_ws * _normalised(weights, member_ws).view(-1, 1, 1)).sum(dim=0, keepdim=True)
     if s.shrink != 1.0:
