@@ -130,6 +130,39 @@ def test_a_ledger_far_behind_is_sent_claims_before_the_site_spends_again(tmp_pat
     assert sum(c.mechanism.steps for c in claims) == open_accountant(site, "fundus").total_steps == 6
 
 
+def test_a_k_anonymous_release_is_refused_until_the_ledger_catches_up(tmp_path, tiny_fundus, transport_for,
+                                                                      monkeypatch) -> None:
+    """The release collection after training takes the same path: a site too far ahead refuses the
+    release before running it, and its refusal's claims reach the ledger."""
+    monkeypatch.setattr("agent.site_service.claims.MAX_RESENT_CLAIMS", 1)
+    keys, (site,) = _enrolled(tmp_path, "hospital-a")
+    transport = transport_for({100: (site, _engine(tiny_fundus))}, sign_claim=ledger_signer)
+    released = []
+    transport.ksalsa_task = lambda site_, req: released.append(req)  # must never run
+    exchange = transport.exchange
+
+    def lossy_exchange(requests, *, round_, timeout_s):
+        replies = exchange(requests, round_=round_, timeout_s=timeout_s)
+        if round_ in (1, 2):  # both training replies are lost after the site logged their claims
+            return {n: Failure(n, "connection reset") for n in replies}
+        return replies
+
+    transport.exchange = lossy_exchange
+    plan = dataclasses.replace(_plan(rounds=2, local_steps=2, run_id="run-release-behind"), ksalsa_k=5)
+    out = tmp_path / "out"
+    result = run_session(transport, plan, SessionPaths(out, keys))
+
+    assert released == []
+    assert [(r["round"], r["code"]) for r in result.refusals] == [(1, "transport"), (2, "transport"),
+                                                                  (4, m.LEDGER_BEHIND)]
+    assert not result.outputs
+    ledger = out / "ledger" / "ledger.jsonl"
+    assert verify(ledger, load_key_directory(keys / "public")).ok
+    claims = [LedgerEntry.from_line(line).claim for line in ledger.read_bytes().splitlines()]
+    site_log = [c.claim for c in SiteClaimLog(claim_log_path(site.state.root)).claims()]
+    assert claims == site_log[:1] and len(site_log) == 2  # the oldest missing claim came with the refusal
+
+
 def test_only_a_ledger_behind_refusal_may_carry_claims() -> None:
     base = dict(run_id="r", round=1, site_id="hospital-a", request_kind="train", exit_code=11, reason="no",
                 epsilon_cumulative=None, prior_claims=(b"{}",))
