@@ -20,15 +20,14 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, OphthalmicPhotography8BitImageStorage, generate_uid
 
 from agent.export.files import write_dataset
+from agent.export.secondary_capture import synthetic_sc_image
 from agent.export.synthetic_marking import (
-    MANUFACTURER,
     SyntheticIdentity,
     SyntheticProvenance,
     mark_synthetic,
@@ -182,29 +181,13 @@ def _op_image(
 def _sc_image(
     rgb: np.ndarray, number: int, laterality: str, series_uid: str, identity: SyntheticIdentity, provenance: SyntheticProvenance
 ) -> Dataset:
-    ds = hd.sc.SCImage(
-        pixel_array=np.ascontiguousarray(rgb, dtype=np.uint8),
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        study_instance_uid=identity.study_uid,
-        series_instance_uid=series_uid,
-        series_number=1,
-        sop_instance_uid=generate_uid(),
-        instance_number=number,
-        manufacturer=MANUFACTURER,
-        patient_id=identity.patient_id,
-        patient_orientation=("L", "F"),  # fundus photographs are viewed as if facing the patient
-        transfer_syntax_uid=ExplicitVRLittleEndian,
+    ds = synthetic_sc_image(
+        np.ascontiguousarray(rgb, dtype=np.uint8), photometric="RGB", bits_allocated=8,
+        orientation=("L", "F"),  # fundus photographs are viewed as if facing the patient
+        modality="OP", description="fundus", number=number, series_uid=series_uid, identity=identity,
+        provenance=provenance,
     )
-    set_patient_and_study(ds, identity)
-    ds.Modality = "OP"
-    ds.ConversionType = "SYN"
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.DerivationDescription = provenance.derivation_description()
-    ds.SeriesDescription = f"{provenance.short_label()} fundus"[:64]
     ds.Laterality = laterality if laterality in ("R", "L") else ""  # series laterality has no "both"
-    ds.ContentDate, ds.ContentTime = identity.study_date, identity.study_time
     mark_synthetic(ds, provenance)
     return ds
 

@@ -21,6 +21,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from agent.export.files import write_dataset
+from agent.export.secondary_capture import synthetic_sc_image
 from agent.export.synthetic_marking import (
     MANUFACTURER,
     SyntheticIdentity,
@@ -114,31 +115,15 @@ def write_tof_pairs(
 
 
 def _sc_image(grey: np.ndarray, number: int, series_uid: str, identity: SyntheticIdentity, provenance: SyntheticProvenance) -> Dataset:
-    sc = hd.sc.SCImage(
-        pixel_array=grey,
-        photometric_interpretation="MONOCHROME2",
-        bits_allocated=16,
-        coordinate_system="PATIENT",
-        study_instance_uid=identity.study_uid,
-        series_instance_uid=series_uid,
-        series_number=1,
-        sop_instance_uid=generate_uid(),
-        instance_number=number,
-        manufacturer=MANUFACTURER,
-        patient_id=identity.patient_id,
-        patient_orientation=("L", "P"),  # axial patches, as the training patches were cut
-        transfer_syntax_uid=ExplicitVRLittleEndian,
+    sc = synthetic_sc_image(
+        grey, photometric="MONOCHROME2", bits_allocated=16,
+        orientation=("L", "P"),  # axial patches, as the training patches were cut
+        modality="MR", description="TOF", number=number, series_uid=series_uid, identity=identity,
+        provenance=provenance,
     )
-    set_patient_and_study(sc, identity)
-    sc.Modality = "MR"
-    sc.ConversionType = "SYN"  # highdicom writes WSD (workstation); these are synthetic
-    sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.DerivationDescription = provenance.derivation_description()
-    sc.SeriesDescription = f"{provenance.short_label()} TOF"[:64]
     sc.Laterality = ""  # type 2C in General Series: brain patches have no laterality
     sc.BitsStored, sc.HighBit = 12, 11
     sc.WindowCenter, sc.WindowWidth = GREY_MAX // 2 + 1, GREY_MAX + 1
-    sc.ContentDate, sc.ContentTime = identity.study_date, identity.study_time
     mark_synthetic(sc, provenance)
     return sc
 
