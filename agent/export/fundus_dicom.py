@@ -188,7 +188,6 @@ def _sc_image(
         provenance=provenance,
     )
     ds.Laterality = laterality if laterality in ("R", "L") else ""  # series laterality has no "both"
-    mark_synthetic(ds, provenance)
     return ds
 
 

@@ -7,7 +7,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from agent.export.synthetic_marking import MANUFACTURER, SyntheticIdentity, SyntheticProvenance, set_patient_and_study
+from agent.export.synthetic_marking import (
+    MANUFACTURER,
+    SyntheticIdentity,
+    SyntheticProvenance,
+    mark_synthetic,
+    set_patient_and_study,
+)
 
 
 def synthetic_sc_image(
@@ -23,10 +29,10 @@ def synthetic_sc_image(
     identity: SyntheticIdentity,
     provenance: SyntheticProvenance,
 ) -> Dataset:
-    """A Secondary Capture image of ``pixels`` with the synthetic patient, study and derivation set.
-
-    The caller adds what is specific to its images (laterality, windowing) and then marks the
-    object with :func:`agent.export.synthetic_marking.mark_synthetic`.
+    """A Secondary Capture image of ``pixels``: synthetic patient, study and derivation, and every
+    synthetic/de-identification marker (:func:`agent.export.synthetic_marking.mark_synthetic`), so
+    no caller can write one unmarked. The caller adds only what is specific to its images
+    (laterality, windowing).
     """
     ds = hd.sc.SCImage(
         pixel_array=pixels,
@@ -50,4 +56,5 @@ def synthetic_sc_image(
     ds.DerivationDescription = provenance.derivation_description()
     ds.SeriesDescription = f"{provenance.short_label()} {description}"[:64]
     ds.ContentDate, ds.ContentTime = identity.study_date, identity.study_time
+    mark_synthetic(ds, provenance)
     return ds

@@ -124,7 +124,6 @@ def _sc_image(grey: np.ndarray, number: int, series_uid: str, identity: Syntheti
     sc.Laterality = ""  # type 2C in General Series: brain patches have no laterality
     sc.BitsStored, sc.HighBit = 12, 11
     sc.WindowCenter, sc.WindowWidth = GREY_MAX // 2 + 1, GREY_MAX + 1
-    mark_synthetic(sc, provenance)
     return sc
 
 
