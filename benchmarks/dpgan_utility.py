@@ -268,23 +268,77 @@ class GanRun:
     unit: str | None
 
 
-def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
+def gan_spec(args) -> GanSpec:
+    return GanSpec(args.architecture, args.patch, width=args.gan_width, critic_width=args.critic_width)
+
+
+def hyperparameters(args, *, critic_lr: float) -> Hyperparameters:
+    """The GAN optimisation settings of the command line (the critic lr differs for DP runs)."""
+    return Hyperparameters(n_critic=args.n_critic, critic_lr=critic_lr, generator_lr=args.gan_lr, beta1=args.gan_beta1,
+                           beta2=0.9, patches_per_patient=args.patches_per_patient,
+                           batch_size=args.batch_patients * args.patches_per_patient,
+                           generator_label_bias=args.label_bias, generator_ema=args.generator_ema,
+                           lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start,
+                           public_fake_term=args.public_fake_term, gp_at=args.gp_at,
+                           public_fake_clip=args.public_fake_clip, public_penalty=args.public_penalty)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicStart:
+    """Generator and critic trained WITHOUT DP on a public population that shares no patient with
+    the private one (another phantom seed: other patients and other simulated scanners). Private
+    training that starts from these weights spends privacy only on its own steps: the weights are
+    a function of public data alone. Every row built on them says so (``public_pretrain``)."""
+
+    weights: dict[str, np.ndarray]
+    info: dict
+
+
+def pretrain_on_public(args) -> tuple[PublicStart, list[tuple[np.ndarray, dict]]]:
+    """Train ``--public-steps`` non-DP critic steps on ``--public-patients`` phantom patients drawn
+    with ``--public-seed``; return the weights and the public-only model's samples (EMA, and raw with
+    ``--score-raw``) so that the gain of the private fine-tuning can be read against it."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    volumes = BaselinePhantomVolumes(patients=args.public_patients, volume_size=args.volume_size, seed=args.public_seed)
+    patches = extract_patches(volumes, size=args.patch, per_volume=args.per_volume, vessel_fraction=args.vessel_fraction,
+                              rng=np.random.default_rng(args.public_seed))
+    data_cpu = time.process_time() - c0
+    trainer = GanTrainer(gan_spec(args), patches.images, patches.patient_index,
+                         hp=hyperparameters(args, critic_lr=args.gan_lr), dp=None, seed=args.public_seed,
+                         total_steps=args.public_steps)
+    for _ in range(args.public_steps):
+        trainer.train_iteration()
+    info = {"patients": args.public_patients, "seed": args.public_seed, "critic_steps": args.public_steps,
+            "patches": len(patches), "data_cpu_seconds": round(data_cpu, 1),
+            "cpu_seconds": round(time.process_time() - c0 - data_cpu, 1), "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"public pretraining: {info}", flush=True)
+    row = {"epsilon_target": None, "unit": None, "public_only": True, "public_pretrain": info,
+           "privacy": "public data only (no private patient seen: no privacy cost)", "gan_steps": args.public_steps,
+           "gan_width": args.gan_width, "generator_ema": args.generator_ema, "label_bias": args.label_bias,
+           "sampled_from": "EMA generator" if args.generator_ema else "generator"}
+    pairs = sample_from_generator(trainer.sampling_generator, n=args.synthetic_n, seed=args.seed + 7)
+    rows = [(pairs, {**row, "synthetic_label_fraction": float(pairs[:, 1].mean())})]
+    if trainer.generator_ema is not None and args.score_raw:
+        raw = sample_from_generator(trainer.generator, n=args.synthetic_n, seed=args.seed + 7)
+        rows.append((raw, {**row, "sampled_from": "generator (raw weights of the EMA run)",
+                           "synthetic_label_fraction": float(raw[:, 1].mean())}))
+    return PublicStart(trainer.weights(), info), rows
+
+
+def train_gan(run: GanRun, train, args, public: PublicStart | None = None) -> Iterator[tuple[np.ndarray, dict]]:
     """Train one GAN for ``args.gan_steps`` critic steps; yield (pairs, info) at every ``--snapshots`` step and at the end.
 
     A snapshot is the same training run sampled early (not a separate run); its row records the
     critic steps taken so far, the CPU seconds spent training so far and, under DP, the epsilon
     spent so far (the noise was calibrated for the full length, so a snapshot spends less).
+    With ``public`` the run starts from those (publicly pretrained) weights instead of an
+    initialisation; the label bias then does not apply.
     """
-    spec = GanSpec(args.architecture, args.patch, width=args.gan_width, critic_width=args.critic_width)
+    spec = gan_spec(args)
     batch = args.batch_patients * args.patches_per_patient
     dp_run = not math.isinf(run.epsilon)
     critic_lr = args.dp_critic_lr if dp_run and args.dp_critic_lr else args.gan_lr
-    hp = Hyperparameters(n_critic=args.n_critic, critic_lr=critic_lr, generator_lr=args.gan_lr, beta1=args.gan_beta1,
-                         beta2=0.9, patches_per_patient=args.patches_per_patient, batch_size=batch,
-                         generator_label_bias=args.label_bias, generator_ema=args.generator_ema,
-                         lr_decay=args.lr_decay, lr_decay_start=args.lr_decay_start,
-                         public_fake_term=args.public_fake_term, gp_at=args.gp_at,
-                         public_fake_clip=args.public_fake_clip, public_penalty=args.public_penalty)
+    hp = hyperparameters(args, critic_lr=critic_lr)
     info: dict = {"generator_ema": args.generator_ema, "sampled_from": "EMA generator" if args.generator_ema else "generator",
                   "epsilon_target": "inf" if math.isinf(run.epsilon) else run.epsilon, "unit": run.unit,
                   "critic_lr": critic_lr, "critic_params": None, "gan_steps": args.gan_steps, "gan_width": args.gan_width,
@@ -318,7 +372,10 @@ def train_gan(run: GanRun, train, args) -> Iterator[tuple[np.ndarray, dict]]:
                     epsilon_spent=epsilon_of([(sigma, q, args.gan_steps)], delta=args.delta, kind=AccountantKind.PRV))
     else:
         info["privacy"] = "no privacy guarantee (epsilon = infinity)"
-    trainer = GanTrainer(spec, train.images, train.patient_index, hp=hp, dp=dp, seed=args.seed, total_steps=args.gan_steps)
+    if public is not None:
+        info["public_pretrain"] = public.info
+    trainer = GanTrainer(spec, train.images, train.patient_index, hp=hp, dp=dp, seed=args.seed, total_steps=args.gan_steps,
+                         weights=None if public is None else public.weights)
     info["critic_params"] = sum(p.numel() for p in trainer.critic.parameters())
     stops = sorted({s for s in args.snapshots if 0 < s < args.gan_steps} | {args.gan_steps})
     wall = cpu = 0.0  # training time only (the caller trains U-Nets between snapshots)
@@ -425,9 +482,17 @@ def main(argv: list[str] | None = None) -> int:
                     "patient's clipped gradient); needs --gp-at fakes, which must be given explicitly")
     ap.add_argument("--fast-phantoms", action="store_true",
                     help="render only the baseline studies that are used, one at a time (same volumes and patches, ~25%% less time, ~1 GB instead of ~7.6 GB at 10,000 patients)")
+    ap.add_argument("--public-patients", type=int, default=0,
+                    help="pretrain every GAN without DP on this many PUBLIC phantom patients (another --public-seed: "
+                    "no private patient, other scanners) before its private training; 0 = off")
+    ap.add_argument("--public-seed", type=int, default=1000, help="phantom seed of the public population (not --seed)")
+    ap.add_argument("--public-steps", type=int, default=0, help="critic steps of the public pretraining")
     args = ap.parse_args(argv)
     if args.public_penalty and args.gp_at != "fakes":
         ap.error("--public-penalty needs --gp-at fakes (only a penalty on the fakes holds no private data)")
+    if args.public_patients and (args.public_seed == args.seed or args.public_steps < 1):
+        ap.error("--public-patients needs --public-steps >= 1 and a --public-seed other than --seed "
+                 "(the same seed would draw the private patients)")
     if args.merge:
         return merge(args.merge, args.out, args.tag, real_from=args.real_from)
     torch.manual_seed(args.seed)
@@ -476,12 +541,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_real:
         record("real", real_pairs, {"epsilon_target": None, "unit": None, "privacy": "real patches (upper bound)"})
+    public = None
+    if args.public_patients:
+        public, public_rows = pretrain_on_public(args)
+        for pairs, info in public_rows:
+            record("synthetic public only" + (" raw" if info["sampled_from"].startswith("generator (raw") else ""),
+                   pairs, info)
     epsilons = [float(e) for e in args.epsilons.split(",")]
     units = args.units.split(",")
     for eps in epsilons:
         for unit in ([None] if math.isinf(eps) else units):
             run = GanRun(eps, unit)
-            for pairs, info in train_gan(run, train, args):
+            for pairs, info in train_gan(run, train, args, public):
                 at = f" @{info['gan_steps']}" if "snapshot_of_steps" in info else ""
                 at += " raw" if str(info.get("sampled_from", "")).startswith("generator (raw") else ""
                 record(f"synthetic eps={'inf' if math.isinf(eps) else f'{eps:g}'}" + (f" {unit}" if unit else "") + at,
@@ -588,6 +659,7 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         eps = r.get("epsilon_target")
         eps_s = "-" if eps is None else ("inf (no privacy guarantee)" if eps == "inf" else f"{eps:g} (spent {r['epsilon_spent']:.3g})")
+        eps_s = "0 (public data only)" if r.get("public_only") else eps_s
         d, h = r["dsc"], r["hd95_mm"]
         fmt = lambda s: "n/a" if s["mean"] is None else f"{s['mean']:.3f} +- {s['sd'] or 0:.3f}"
         hd_s = "n/a" if h["mean"] is None else f"{h['mean']:.2f} +- {h['sd'] or 0:.2f} (n={h['n']})"
@@ -602,6 +674,9 @@ def markdown(doc: dict) -> str:
         part += "" if not r.get("gp_at") else f" [penalty on {r['gp_at']}]"
         part += "" if not r.get("public_penalty") else " [penalty outside DP-SGD]"
         part += "" if not r.get("generator_lr") else f" [generator lr {r['generator_lr']:g}, critic lr {r['critic_lr']:g}]"
+        pub = r.get("public_pretrain")
+        part += "" if not pub else (f" [{'only ' if r.get('public_only') else ''}pretrained without DP on {pub['patients']} "
+                                    f"PUBLIC patients (seed {pub['seed']}), {pub['critic_steps']} steps]")
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
@@ -642,6 +717,7 @@ def plot(results: list[dict], path: Path) -> None:
                 + ("" if not r.get("gp_at") else f" gp-{r['gp_at']}")
                 + ("" if not r.get("public_penalty") else " pubgp")
                 + ("" if not r.get("generator_lr") else f" glr{r['generator_lr']:g}")
+                + ("" if not r.get("public_pretrain") else " pub-pre")
                 + ("" if not r.get("generator_ema") else (" raw" if r["name"].endswith(" raw") else " ema")))
 
     for unit, style in (("patient", "o"), ("image", "s")):
@@ -653,6 +729,9 @@ def plot(results: list[dict], path: Path) -> None:
                 if r.get("gan_steps"):
                     ax.annotate(tag_of(r), (x_of(r), r["dsc"]["mean"] or 0), fontsize=6,
                                 xytext=(4, 2), textcoords="offset points")
+    for r in (r for r in results if r.get("public_only")):  # no private data: no epsilon to place it at
+        ax.axhline(r["dsc"]["mean"] or 0, color="tab:green", ls=":", lw=1,
+                   label="public data only" + (" (raw)" if r["name"].endswith(" raw") else ""))
     for r in inf:
         ax.plot([x_inf], [r["dsc"]["mean"] or 0], "k*", ms=10, label="no DP (eps = inf)" if r is inf[0] else None)
         if r.get("gan_steps"):
