@@ -266,6 +266,9 @@ def kid(a: np.ndarray, b: np.ndarray) -> float:
 class GanRun:
     epsilon: float  # target; inf = no DP
     unit: str | None
+    # Ablation: DP-SGD's sampling and per-unit clipping without its noise (sigma 0): NO privacy
+    # guarantee. Separates what clipping costs from what the noise costs.
+    clip_only: bool = False
 
 
 def gan_spec(args) -> GanSpec:
@@ -336,7 +339,7 @@ def train_gan(run: GanRun, train, args, public: PublicStart | None = None) -> It
     """
     spec = gan_spec(args)
     batch = args.batch_patients * args.patches_per_patient
-    dp_run = not math.isinf(run.epsilon)
+    dp_run = not math.isinf(run.epsilon) or run.clip_only
     critic_lr = args.dp_critic_lr if dp_run and args.dp_critic_lr else args.gan_lr
     hp = hyperparameters(args, critic_lr=critic_lr)
     info: dict = {"generator_ema": args.generator_ema, "sampled_from": "EMA generator" if args.generator_ema else "generator",
@@ -358,18 +361,23 @@ def train_gan(run: GanRun, train, args, public: PublicStart | None = None) -> It
     if args.gan_lr != critic_lr:
         info["generator_lr"] = args.gan_lr
     dp = None
-    if not math.isinf(run.epsilon):
+    if dp_run:
         unit = PrivacyUnit(run.unit)
         if unit is PrivacyUnit.PATIENT:
             expected, population = float(args.batch_patients), train.num_patients
         else:
             expected, population = float(args.image_batch or batch), len(train)
         q = expected / population
-        sigma = calibrate_noise_multiplier(target_epsilon=run.epsilon, delta=args.delta, sample_rate=q,
-                                           steps=args.gan_steps, kind=AccountantKind.PRV)
-        dp = DPSettings(sigma, args.max_grad_norm, q, unit, expected)
-        info.update(noise_multiplier=sigma, sample_rate=q, delta=args.delta, expected_units=expected, population=population,
-                    epsilon_spent=epsilon_of([(sigma, q, args.gan_steps)], delta=args.delta, kind=AccountantKind.PRV))
+        if run.clip_only:
+            dp = DPSettings(0.0, args.max_grad_norm, q, unit, expected)
+            info.update(noise_multiplier=0.0, sample_rate=q, expected_units=expected, population=population, clip_only=True,
+                        privacy="DP-SGD sampling and clipping without noise: NO privacy guarantee (ablation)")
+        else:
+            sigma = calibrate_noise_multiplier(target_epsilon=run.epsilon, delta=args.delta, sample_rate=q,
+                                               steps=args.gan_steps, kind=AccountantKind.PRV)
+            dp = DPSettings(sigma, args.max_grad_norm, q, unit, expected)
+            info.update(noise_multiplier=sigma, sample_rate=q, delta=args.delta, expected_units=expected, population=population,
+                        epsilon_spent=epsilon_of([(sigma, q, args.gan_steps)], delta=args.delta, kind=AccountantKind.PRV))
     else:
         info["privacy"] = "no privacy guarantee (epsilon = infinity)"
     if public is not None:
@@ -393,7 +401,7 @@ def train_gan(run: GanRun, train, args, public: PublicStart | None = None) -> It
         row = dict(info)
         if stop < args.gan_steps:
             row.update(gan_steps=stop, snapshot_of_steps=args.gan_steps)
-            if dp is not None:
+            if dp is not None and not run.clip_only:
                 row["epsilon_spent"] = epsilon_of([(dp.noise_multiplier, dp.sample_rate, stop)], delta=args.delta,
                                                   kind=AccountantKind.PRV)
         row["gan_seconds"] = round(wall, 1)  # wall clock (includes any SIGSTOP pauses)
@@ -440,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patches-per-patient", type=int, default=8)
     ap.add_argument("--max-grad-norm", type=float, default=1.0)
     ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--epsilons", default="inf,16,8,4,2")
+    ap.add_argument("--epsilons", default="inf,16,8,4,2",
+                    help="target epsilons (inf = no DP); 'clip' = the ablation with DP-SGD's sampling and clipping "
+                    "but no noise (no privacy guarantee), per unit of --units")
     ap.add_argument("--units", default="patient,image")
     ap.add_argument("--synthetic-n", type=int, default=2048)
     ap.add_argument("--unet-steps", type=int, default=400)
@@ -547,16 +557,14 @@ def main(argv: list[str] | None = None) -> int:
         for pairs, info in public_rows:
             record("synthetic public only" + (" raw" if info["sampled_from"].startswith("generator (raw") else ""),
                    pairs, info)
-    epsilons = [float(e) for e in args.epsilons.split(",")]
-    units = args.units.split(",")
-    for eps in epsilons:
-        for unit in ([None] if math.isinf(eps) else units):
-            run = GanRun(eps, unit)
-            for pairs, info in train_gan(run, train, args, public):
-                at = f" @{info['gan_steps']}" if "snapshot_of_steps" in info else ""
-                at += " raw" if str(info.get("sampled_from", "")).startswith("generator (raw") else ""
-                record(f"synthetic eps={'inf' if math.isinf(eps) else f'{eps:g}'}" + (f" {unit}" if unit else "") + at,
-                       pairs, info)
+    runs = [GanRun(math.inf, unit, clip_only=True) if e == "clip" else GanRun(float(e), unit)
+            for e in args.epsilons.split(",") for unit in ([None] if e != "clip" and math.isinf(float(e)) else args.units.split(","))]
+    for run in runs:
+        for pairs, info in train_gan(run, train, args, public):
+            at = f" @{info['gan_steps']}" if "snapshot_of_steps" in info else ""
+            at += " raw" if str(info.get("sampled_from", "")).startswith("generator (raw") else ""
+            what = "clip-only" if run.clip_only else f"eps={'inf' if math.isinf(run.epsilon) else f'{run.epsilon:g}'}"
+            record(f"synthetic {what}" + (f" {run.unit}" if run.unit else "") + at, pairs, info)
 
     real_dsc = results[0]["dsc"]["mean"] if results[0]["name"] == "real" else None
     for r in results:
@@ -673,6 +681,7 @@ def markdown(doc: dict) -> str:
             " [fake term outside DP-SGD" + ("" if not r.get("public_fake_clip") else f", bounded at {r['public_fake_clip']:g}") + "]")
         part += "" if not r.get("gp_at") else f" [penalty on {r['gp_at']}]"
         part += "" if not r.get("public_penalty") else " [penalty outside DP-SGD]"
+        part += "" if not r.get("clip_only") else f" [{r['unit']}-level sampling and clipping, NO noise]"
         part += "" if not r.get("generator_lr") else f" [generator lr {r['generator_lr']:g}, critic lr {r['critic_lr']:g}]"
         pub = r.get("public_pretrain")
         part += "" if not pub else (f" [{'only ' if r.get('public_only') else ''}pretrained without DP on {pub['patients']} "
@@ -718,6 +727,7 @@ def plot(results: list[dict], path: Path) -> None:
                 + ("" if not r.get("public_penalty") else " pubgp")
                 + ("" if not r.get("generator_lr") else f" glr{r['generator_lr']:g}")
                 + ("" if not r.get("public_pretrain") else " pub-pre")
+                + ("" if not r.get("clip_only") else " clip-only")
                 + ("" if not r.get("generator_ema") else (" raw" if r["name"].endswith(" raw") else " ema")))
 
     for unit, style in (("patient", "o"), ("image", "s")):
@@ -733,9 +743,12 @@ def plot(results: list[dict], path: Path) -> None:
         ax.axhline(r["dsc"]["mean"] or 0, color="tab:green", ls=":", lw=1,
                    label="public data only" + (" (raw)" if r["name"].endswith(" raw") else ""))
     for r in inf:
-        ax.plot([x_inf], [r["dsc"]["mean"] or 0], "k*", ms=10, label="no DP (eps = inf)" if r is inf[0] else None)
+        clip = bool(r.get("clip_only"))
+        ax.plot([x_inf], [r["dsc"]["mean"] or 0], "kx" if clip else "k*", ms=8 if clip else 10,
+                label=None if r is not next((q for q in inf if bool(q.get("clip_only")) == clip), None)
+                else ("clipping, no noise (no guarantee)" if clip else "no DP (eps = inf)"))
         if r.get("gan_steps"):
-            ax.annotate(f"{r['gan_steps']}", (x_inf, r["dsc"]["mean"] or 0), fontsize=6, xytext=(4, 2),
+            ax.annotate(f"{r['gan_steps']}" + (" clip" if clip else ""), (x_inf, r["dsc"]["mean"] or 0), fontsize=6, xytext=(4, 2),
                         textcoords="offset points")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("epsilon spent (delta = 1e-5); star = no privacy guarantee\nlabels = critic steps (lb = label-bias init)",
