@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from agent.config import SiteConfig
-from agent.site_service.engine import LocalData, RoundOutcome
+from agent.site_service.engine import LocalData, RoundOutcome, dp_plan_fields
 from agent.site_service.policy import RoundTerms
 from protocols.errors import BadInputError
 from protocols.messages import TrainInstruction
@@ -56,18 +56,8 @@ class DpGanEngine:
     ) -> RoundOutcome:
         from agent.training.local_round import RoundPlan, run_local_round
 
-        plan = RoundPlan(
-            architecture=instruction.architecture,
-            patch_size=instruction.patch_size,
-            local_steps=instruction.local_steps,
-            total_planned_steps=instruction.total_planned_steps,
-            target_epsilon=terms.target_epsilon,
-            delta=terms.delta,
-            unit=terms.unit,
-            expected_batch_patients=min(instruction.expected_batch_patients, data.num_patients),
-            max_grad_norm=instruction.max_grad_norm,
-            seed=instruction.seed,
-        )
+        plan = RoundPlan(architecture=instruction.architecture, patch_size=instruction.patch_size,
+                         **dp_plan_fields(instruction, terms, num_patients=data.num_patients))
         result = run_local_round(
             site=site, dataset_id=instruction.dataset_id, patches=data.patches,
             weights=dict(weights) if weights is not None else None, plan=plan,

@@ -53,6 +53,24 @@ class RoundOutcome:
         )
 
 
+def dp_plan_fields(instruction: TrainInstruction, terms: RoundTerms, *, num_patients: int) -> dict[str, Any]:
+    """The fields every engine's DP round plan takes from one train instruction and the site's terms.
+
+    The privacy terms are the site's (``terms``: the stricter of policy and proposal), never the
+    instruction's; the expected batch is capped at the patients the site holds.
+    """
+    return dict(
+        local_steps=instruction.local_steps,
+        total_planned_steps=instruction.total_planned_steps,
+        target_epsilon=terms.target_epsilon,
+        delta=terms.delta,
+        unit=terms.unit,
+        expected_batch_patients=min(instruction.expected_batch_patients, num_patients),
+        max_grad_norm=instruction.max_grad_norm,
+        seed=instruction.seed,
+    )
+
+
 class TrainingEngine(Protocol):
     """What the handlers need from the site's training code."""
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from agent.config import SiteConfig
-from agent.site_service.engine import LocalData, RoundOutcome
+from agent.site_service.engine import LocalData, RoundOutcome, dp_plan_fields
 from agent.site_service.policy import RoundTerms
 from protocols.errors import BadInputError
 from protocols.messages import TrainInstruction
@@ -107,16 +107,7 @@ class StyleGanEngine:
 
         arch = federated_architecture(instruction.architecture, resolution=instruction.patch_size)
         images, patient_index = data.patches
-        plan = StyleGANRoundPlan(
-            local_steps=instruction.local_steps,
-            total_planned_steps=instruction.total_planned_steps,
-            target_epsilon=terms.target_epsilon,
-            delta=terms.delta,
-            unit=terms.unit,
-            expected_batch_patients=min(instruction.expected_batch_patients, data.num_patients),
-            max_grad_norm=instruction.max_grad_norm,
-            seed=instruction.seed,
-        )
+        plan = StyleGANRoundPlan(**dp_plan_fields(instruction, terms, num_patients=data.num_patients))
         result = run_stylegan_dp_round(
             site=site, dataset_id=instruction.dataset_id, images=images, patient_index=patient_index,
             weights=dict(weights) if weights is not None else None, plan=plan, arch=arch,

@@ -25,11 +25,12 @@ import torch
 from agent.config import SiteConfig
 from agent.dp.accounting import epsilon_of
 from agent.dp.calibration_cache import cached_noise_multiplier, calibration_cache_path
+from agent.dp.plan_policy import check_dp_plan
 from agent.stylegan.config import PRESETS, StyleGANConfig, TrainingConfig, TrainingMode
 from agent.stylegan.dp_step import DPSettings
 from agent.stylegan.train import Progress, StyleGANTrainer
 from agent.training.local_round import ACCOUNTANT_KIND, RoundResult, open_accountant
-from protocols.errors import BadInputError, BudgetExceededError, PolicyError, TaskRefusedError
+from protocols.errors import BadInputError, TaskRefusedError
 from protocols.tasks import PrivacyUnit, Task
 
 log = logging.getLogger(__name__)
@@ -83,27 +84,6 @@ class StyleGANRoundPlan:
     seed: int  # weight init, latents, augmentation (never DP noise or sampling)
 
 
-def _check(site: SiteConfig, plan: StyleGANRoundPlan, num_patients: int) -> None:
-    policy = site.privacy
-    if Task.STYLEGAN_DP not in policy.accepted_tasks:
-        raise TaskRefusedError("the site does not accept task 'stylegan-dp'; add it to privacy.accepted_tasks")
-    if not 1 <= plan.local_steps <= plan.total_planned_steps:
-        raise BadInputError(f"round plan: expected 1 <= local_steps <= total_planned_steps, got "
-                            f"{plan.local_steps} and {plan.total_planned_steps}")
-    if not 0 < plan.target_epsilon <= policy.max_epsilon:
-        raise BudgetExceededError(f"round plan targets epsilon {plan.target_epsilon:g}; the site policy allows "
-                                  f"0 < epsilon <= {policy.max_epsilon:g}")
-    if not 0 < plan.delta <= policy.delta:
-        raise PolicyError(f"round plan delta={plan.delta:g} is weaker than the site policy delta={policy.delta:g}")
-    if PrivacyUnit(plan.unit) is PrivacyUnit.IMAGE and policy.unit is PrivacyUnit.PATIENT:
-        raise PolicyError("round plan protects single images but the site requires unit=patient; re-plan")
-    if num_patients < policy.min_patients:
-        raise PolicyError(f"only {num_patients} patient(s); the site policy requires at least "
-                          f"{policy.min_patients} for DP training")
-    if not 1 <= plan.expected_batch_patients <= num_patients or plan.max_grad_norm <= 0:
-        raise BadInputError(f"round plan: need 1 <= expected_batch_patients <= {num_patients} and max_grad_norm > 0")
-
-
 def run_stylegan_dp_round(*, site: SiteConfig, dataset_id: str, images: torch.Tensor, patient_index: torch.Tensor,
                           weights: dict[str, np.ndarray] | None, plan: StyleGANRoundPlan, arch: StyleGANConfig,
                           train: TrainingConfig, images_per_patient: int = 4,
@@ -118,7 +98,7 @@ def run_stylegan_dp_round(*, site: SiteConfig, dataset_id: str, images: torch.Te
         If the plan or the weights do not fit the data or the architecture.
     """
     num_patients = int(patient_index.max()) + 1
-    _check(site, plan, num_patients)
+    check_dp_plan(site.privacy, Task.STYLEGAN_DP, plan, num_patients)
     unit = PrivacyUnit(plan.unit)
     population = num_patients if unit is PrivacyUnit.PATIENT else images.shape[0]
     expected = plan.expected_batch_patients * (1 if unit is PrivacyUnit.PATIENT else images_per_patient)

@@ -33,10 +33,11 @@ from agent.config import SiteConfig
 from agent.dp.accounting import AccountantKind, epsilon_of
 from agent.dp.calibration_cache import cached_noise_multiplier, calibration_cache_path
 from agent.dp.durable_accountant import DurableAccountant, accountant_path
+from agent.dp.plan_policy import check_dp_plan, check_round_steps
 from agent.models.architectures import GanSpec, parse_architecture
 from agent.models.weights import initial_weights
 from agent.training.gan_trainer import DPSettings, GanTrainer, Hyperparameters
-from protocols.errors import BadInputError, BudgetExceededError, PolicyError, TaskRefusedError
+from protocols.errors import BadInputError, TaskRefusedError
 from protocols.tasks import PrivacyUnit, Task
 
 if TYPE_CHECKING:  # the patching package is optional at import time
@@ -118,42 +119,15 @@ def hyperparameters_for(architecture: str, *, dp: bool) -> Hyperparameters:
 
 def check_plan_against_policy(site: SiteConfig, plan: RoundPlan, num_patients: int) -> None:
     """Refuse a plan the site's policy does not allow (see :func:`run_local_round` for the errors)."""
-    policy = site.privacy
-    if plan.local_steps < 1 or plan.total_planned_steps < plan.local_steps:
-        raise BadInputError(
-            f"round plan: expected 1 <= local_steps <= total_planned_steps, got {plan.local_steps} and "
-            f"{plan.total_planned_steps}"
-        )
     if plan.target_epsilon is None:
-        if Task.GAN_NODP not in policy.accepted_tasks:
+        check_round_steps(plan)
+        if Task.GAN_NODP not in site.privacy.accepted_tasks:
             raise TaskRefusedError(
                 "round plan asks for training WITHOUT differential privacy (target_epsilon=None), but the "
                 "site does not accept task 'gan-nodp'; add it to privacy.accepted_tasks only if the site agrees"
             )
         return
-    if Task.DPGAN not in policy.accepted_tasks:
-        raise TaskRefusedError("the site does not accept task 'dpgan'; add it to privacy.accepted_tasks")
-    if not 0 < plan.target_epsilon < math.inf:
-        raise BadInputError(f"round plan: target_epsilon must be finite and > 0 (or None for no DP), got {plan.target_epsilon}")
-    if plan.target_epsilon > policy.max_epsilon:
-        raise BudgetExceededError(
-            f"round plan targets epsilon {plan.target_epsilon:g}, above the site policy max_epsilon="
-            f"{policy.max_epsilon:g}; the coordinator must plan within the site's budget"
-        )
-    if not 0 < plan.delta <= policy.delta:
-        raise PolicyError(f"round plan delta={plan.delta:g} is weaker than the site policy delta={policy.delta:g}")
-    if PrivacyUnit(plan.unit) is PrivacyUnit.IMAGE and policy.unit is PrivacyUnit.PATIENT:
-        raise PolicyError(
-            "round plan protects single images (unit=image) but the site policy requires unit=patient; "
-            "re-plan with unit=patient"
-        )
-    if num_patients < policy.min_patients:
-        raise PolicyError(
-            f"only {num_patients} patient(s) in this dataset, the site policy requires at least "
-            f"{policy.min_patients} for DP training"
-        )
-    if plan.max_grad_norm <= 0 or plan.expected_batch_patients < 1:
-        raise BadInputError("round plan: max_grad_norm must be > 0 and expected_batch_patients >= 1")
+    check_dp_plan(site.privacy, Task.DPGAN, plan, num_patients)
 
 
 def mechanism_for(

@@ -49,7 +49,7 @@ def test_dp_round_refused_without_task_or_budget(tmp_path, tiny_arch, tiny_train
     with pytest.raises(TaskRefusedError, match="stylegan-dp"):
         run_stylegan_dp_round(site=_site(tmp_path, {Task.DPGAN}), dataset_id="fundus", images=images,
                               patient_index=patients, weights=None, plan=_plan(), arch=tiny_arch, train=tiny_train)
-    with pytest.raises(BudgetExceededError, match="site policy allows"):
+    with pytest.raises(BudgetExceededError, match="above the site policy max_epsilon"):
         run_stylegan_dp_round(site=_site(tmp_path, {Task.STYLEGAN_DP}, max_epsilon=2.0), dataset_id="fundus",
                               images=images, patient_index=patients, weights=None, plan=_plan(),
                               arch=tiny_arch, train=tiny_train)
