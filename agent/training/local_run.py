@@ -33,6 +33,7 @@ from agent.training.local_round import (
     mechanism_for,
     open_accountant,
 )
+from protocols.atomic_files import atomic_write
 from protocols.errors import BadInputError, ConfigError
 from protocols.tasks import PrivacyUnit, Task
 
@@ -221,7 +222,8 @@ def train_locally(
                              "max_grad_norm": mech.max_grad_norm, "accountant": acc.kind.value}
     files = export_pairs(pairs, out_dir / "samples", stem=f"synthetic_{run.architecture}", privacy=privacy, metadata=meta)
     weights_path = out_dir / f"weights_{run.architecture}_{privacy.tag}.npz"
-    np.savez_compressed(weights_path, **trainer.weights())
+    with atomic_write(weights_path) as fh:  # a crash never leaves a half-written model behind
+        np.savez_compressed(fh, **trainer.weights())
     files["weights"] = weights_path
     state["status"] = "done"
     atomic_write_json(state_path, state)

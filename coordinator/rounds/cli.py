@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--min-sites", type=int, help="wait for this many connected sites")
     r.add_argument("--seed", type=int, help="weight init, latents, augmentation (never DP noise)")
     r.add_argument("--run-id", help="run name (default: run-<UTC time>)")
+    r.add_argument("--initial-weights", type=Path,
+                   help="dpgan: .npz of generator + critic weights round 1 starts from, e.g. a model `anonfed train` "
+                   "trained without DP on PUBLIC data (its SHA-256 goes into summary.json)")
     r.add_argument("--dry-run", action="store_true", help="print the run config and round 1's instruction; send nothing")
     r.set_defaults(handler=_run)
 
@@ -94,6 +97,8 @@ def run_config_from_args(args: argparse.Namespace) -> dict[str, object]:
             cfg["num-rounds" if key == "rounds" else key] = value
     cfg["output-dir"] = str(Path(args.out).resolve())
     cfg["keys-dir"] = str(Path(args.keys).resolve()) if args.keys else ""
+    if args.initial_weights is not None:
+        cfg["initial-weights"] = str(Path(args.initial_weights).resolve())
     FederationPlan.from_run_config(cfg)  # fail here, not at every site
     return cfg
 

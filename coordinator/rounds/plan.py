@@ -43,6 +43,11 @@ class FederationPlan:
     min_sites: int = 1  # wait for this many connected nodes before starting
     wait_for_sites_s: float = 120.0
     run_id: str = ""
+    # dpgan: an .npz of generator + critic weights that round 1 starts from instead of the seed's
+    # initialisation, e.g. a model trained WITHOUT DP on PUBLIC data (`anonfed train` writes one).
+    # Its SHA-256 goes into progress.log and summary.json. The sites' guarantee covers their own data
+    # only: what these weights were trained on is the consortium's responsibility to declare.
+    initial_weights: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= MAX_ROUNDS:
@@ -53,6 +58,9 @@ class FederationPlan:
             allowed = ", ".join(sorted(t.value for t in FEDERATED_TRAINING_TASKS))
             raise ConfigError(f"task: federated rounds run one of {allowed}, got {self.task.value!r}; models trained "
                               "without DP (stylegan-local) never leave their site and are trained there")
+        if self.initial_weights and self.task is not Task.DPGAN:
+            raise ConfigError(f"initial-weights: only dpgan runs start from given weights; {self.task.value} sites "
+                              "initialise their model from the round seed")
         if not self.run_id:
             object.__setattr__(self, "run_id", "run-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S"))
 

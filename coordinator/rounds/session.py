@@ -10,7 +10,8 @@ Files under the output folder::
     ledger/ledger.jsonl the privacy ledger (if a keys folder with coordinator.key is given)
     global_weights.npz  final aggregated weights (DP-GAN generator + critic, or StyleGAN generator,
                         EMA generator + discriminator)
-    summary.json        per-site epsilon, outputs, refusals, timings
+    summary.json        per-site epsilon, outputs, refusals, timings; the SHA-256 of the initial
+                        weights when the plan names a file (``initial-weights``)
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
+import io
 import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+
+import numpy as np
 
 from coordinator.budget import ConsortiumBudget
 from coordinator.rounds.loop import ClaimSink, FederationResult, run_federation, write_weights
@@ -30,7 +36,7 @@ from coordinator.rounds.transport import SiteTransport
 from coordinator.store import SyntheticStore
 from protocols import messages as m
 from protocols.atomic_files import write_text_atomic
-from protocols.errors import IntegrityError
+from protocols.errors import ConfigError, IntegrityError
 from protocols.tasks import Task
 
 if TYPE_CHECKING:
@@ -78,8 +84,13 @@ def run_session(transport: SiteTransport, plan: FederationPlan, paths: SessionPa
         f"{plan.local_steps} local step(s), target epsilon {plan.target_epsilon:g}, consortium budget "
         f"{plan.consortium_budget:g} per site")
     budget = ConsortiumBudget(plan.consortium_budget, path=paths.out / "budget.json")
+    start: dict[str, str] | None = None
     if plan.task is Task.DPGAN:
         init = initial_weights(plan.architecture, plan.patch_size, plan.seed)
+        if plan.initial_weights:
+            init, digest = load_initial_weights(Path(plan.initial_weights), reference=init)
+            start = {"path": plan.initial_weights, "sha256": digest}
+            say(f"round 1 starts from {plan.initial_weights} (sha256 {digest}), not from seed {plan.seed}'s initialisation")
     else:  # StyleGAN code lives with the site's data code: the sites initialise from the round's seed
         say(f"{plan.task.value}: the sites initialise the model from the round seed; the first average is the "
             "global model")
@@ -90,10 +101,39 @@ def run_session(transport: SiteTransport, plan: FederationPlan, paths: SessionPa
     write_weights(paths.out / "global_weights.npz", result.weights)
     summary = result.summary()
     summary["ledger"] = str(paths.ledger) if paths.ledger.is_file() else None
+    summary["initial_weights"] = start
     summary["store"] = str(paths.store)
     _atomic_json(paths.summary, summary)
     say(f"done: {result.rounds_completed} round(s); {result.stop_reason}; {len(result.outputs)} output(s) stored")
     return result
+
+
+def load_initial_weights(path: Path, *, reference: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+    """The weights in ``path`` (a plain ``.npz``, no pickles) and the file's SHA-256.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or unreadable, or its arrays do not have exactly the names and shapes
+        of ``reference`` (the planned architecture at the planned patch size), or hold NaN/inf.
+    """
+    try:
+        raw = path.read_bytes()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            weights = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"initial-weights {path}: cannot read it as an .npz of arrays ({exc})") from exc
+    missing, extra = sorted(set(reference) - set(weights)), sorted(set(weights) - set(reference))
+    if missing or extra:
+        raise ConfigError(f"initial-weights {path}: not the planned architecture; missing {missing[:5]}, "
+                          f"unexpected {extra[:5]}")
+    for name, ref in reference.items():
+        if weights[name].shape != np.shape(ref):
+            raise ConfigError(f"initial-weights {path}: {name} has shape {weights[name].shape}, the planned "
+                              f"architecture needs {np.shape(ref)} (another patch size or width?)")
+        if not np.isfinite(weights[name]).all():
+            raise ConfigError(f"initial-weights {path}: {name} holds NaN or inf")
+    return weights, hashlib.sha256(raw).hexdigest()
 
 
 @contextlib.contextmanager

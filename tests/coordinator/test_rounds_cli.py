@@ -51,3 +51,13 @@ def test_every_run_config_key_is_known_to_the_app_bundle(tmp_path) -> None:
 def test_invalid_plan_fails_before_anything_is_sent(tmp_path, capsys) -> None:
     code = main(["rounds", "run", "--task", "stylegan-dp", "--out", str(tmp_path), "--rounds", "0"])
     assert code == 3 and "num-rounds" in capsys.readouterr().err
+
+
+def test_initial_weights_go_to_the_run_config_as_an_absolute_path_and_only_for_dpgan(tmp_path, monkeypatch) -> None:
+    from coordinator.rounds.cli import run_config_from_args
+
+    known = set(tomllib.loads(APP_CONFIG.read_text())["tool"]["flwr"]["app"]["config"])
+    monkeypatch.chdir(tmp_path)
+    cfg = run_config_from_args(_parse("--out", "o", "--initial-weights", "public.npz"))
+    assert cfg["initial-weights"] == str(tmp_path / "public.npz") and set(cfg) <= known
+    assert main(["rounds", "run", "--task", "stylegan-dp", "--out", "o", "--initial-weights", "w.npz", "--dry-run"]) == 3

@@ -165,3 +165,14 @@ def test_a_run_with_lr_decay_ends_at_a_zero_learning_rate(make_site, patchset, t
 def test_an_unknown_lr_decay_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="lr_decay"):
         _run(lr_decay="exponential")
+
+
+def test_a_non_dp_run_on_public_data_can_start_a_federation(make_site, patchset, tmp_path) -> None:
+    """The weights file a run writes is what the coordinator's ``initial-weights`` accepts."""
+    from agent.models import initial_weights
+    from coordinator.rounds.session import load_initial_weights
+
+    site = make_site(tasks=(Task.DPGAN, Task.GAN_NODP))
+    summary = _train(site, patchset, _run(architecture="wgan-gp", steps=2, target_epsilon=None), tmp_path / "public")
+    weights, digest = load_initial_weights(summary.files["weights"], reference=initial_weights("wgan-gp", 32, 0))
+    assert len(digest) == 64 and set(weights) == set(initial_weights("wgan-gp", 32, 0))
