@@ -533,6 +533,24 @@ def weights_sha256(weights: Mapping[str, np.ndarray]) -> str:
     return hashlib.sha256(canonical_weights_bytes(weights)).hexdigest()
 
 
+def weights_layout_mismatch(weights: Mapping[str, np.ndarray], reference: Mapping[str, Any]) -> str | None:
+    """Why ``weights`` cannot stand in for ``reference`` (a model's named arrays), or None if it can.
+
+    The same names, the same shape per name, and only finite values: what a received update or an
+    operator's start file must satisfy before it is averaged into, or replaces, a global model.
+    """
+    missing, extra = sorted(set(reference) - set(weights)), sorted(set(weights) - set(reference))
+    if missing or extra:
+        return f"not the model's layout: missing {missing[:5]}, unexpected {extra[:5]}"
+    for name in sorted(reference):
+        got, want = np.shape(weights[name]), np.shape(reference[name])
+        if got != want:
+            return f"{name} has shape {got}, the model needs {want}"
+        if not np.isfinite(weights[name]).all():
+            return f"{name} holds NaN or infinity"
+    return None
+
+
 # -- helpers ---------------------------------------------------------------------------------------
 _HINT_CACHE: dict[type, dict[str, Any]] = {}
 

@@ -255,13 +255,12 @@ def _accept_train_reply(
                                  f"{instruction.task.value}")
         if not reply.arrays:
             raise IntegrityError("the train reply carries no weights")
-        if weights is not None and (set(reply.arrays) != set(weights)
-                                    or any(reply.arrays[k].shape != weights[k].shape for k in weights)):
-            raise IntegrityError("returned weights do not match the global model's names and shapes")
         if m.weights_sha256(reply.arrays) != msg.weights_sha256:
             raise IntegrityError("returned weights do not match their stated sha256")
-        if not all(np.all(np.isfinite(a)) for a in reply.arrays.values()):
-            raise IntegrityError("returned weights contain NaN or infinity")
+        # Without a global model yet (first round, no initial weights) the reply is checked against itself.
+        problem = m.weights_layout_mismatch(reply.arrays, reply.arrays if weights is None else weights)
+        if problem is not None:
+            raise IntegrityError(f"returned weights: {problem}")
         budget.record_spend(site, epsilon_round=msg.epsilon_round, epsilon_cumulative=msg.epsilon_cumulative,
                             epsilon_next=msg.epsilon_next)
         if on_claim is not None and msg.claim is not None:

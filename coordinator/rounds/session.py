@@ -123,16 +123,9 @@ def load_initial_weights(path: Path, *, reference: Mapping[str, np.ndarray]) -> 
             weights = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"initial-weights {path}: cannot read it as an .npz of arrays ({exc})") from exc
-    missing, extra = sorted(set(reference) - set(weights)), sorted(set(weights) - set(reference))
-    if missing or extra:
-        raise ConfigError(f"initial-weights {path}: not the planned architecture; missing {missing[:5]}, "
-                          f"unexpected {extra[:5]}")
-    for name, ref in reference.items():
-        if weights[name].shape != np.shape(ref):
-            raise ConfigError(f"initial-weights {path}: {name} has shape {weights[name].shape}, the planned "
-                              f"architecture needs {np.shape(ref)} (another patch size or width?)")
-        if not np.isfinite(weights[name]).all():
-            raise ConfigError(f"initial-weights {path}: {name} holds NaN or inf")
+    problem = m.weights_layout_mismatch(weights, reference)
+    if problem is not None:
+        raise ConfigError(f"initial-weights {path}: {problem} (the planned architecture, patch size and width)")
     return weights, hashlib.sha256(raw).hexdigest()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -91,20 +93,54 @@ def test_reply_attributed_to_another_node_is_rejected(consortium, tmp_path) -> N
     assert result.timings[0].sites_trained == 1
 
 
-def test_tampered_samples_are_not_stored(consortium, tmp_path) -> None:
-    t = consortium(budgets=(9.0, 9.0, 9.0))
-    real_exchange = t.exchange
+def _rewrite_reply(transport, kind, rewrite, node=1000) -> None:
+    """Make ``node``'s replies of message class ``kind`` pass through ``rewrite(envelope)`` on the way back."""
+    real_exchange = transport.exchange
 
-    def tamper(requests, *, round_, timeout_s):
+    def exchange(requests, *, round_, timeout_s):
         out = real_exchange(requests, round_=round_, timeout_s=timeout_s)
-        env = out.get(1000)
-        if isinstance(env, m.Envelope) and isinstance(env.message, m.SynthesizeReply):
-            samples = env.arrays["samples"].copy()
-            samples[0, 0, 0, 0] = 0.123
-            out[1000] = m.Envelope(env.message, {"samples": samples})
+        env = out.get(node)
+        if isinstance(env, m.Envelope) and isinstance(env.message, kind):
+            out[node] = rewrite(env)
         return out
 
-    t.exchange = tamper
+    transport.exchange = exchange
+
+
+@pytest.mark.parametrize("corrupt", ["shape", "nan", "extra"])
+def test_update_that_does_not_fit_the_global_model_is_not_averaged(consortium, tmp_path, corrupt) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+
+    def broken(env):
+        arrays = dict(env.arrays)
+        name = sorted(arrays)[0]
+        if corrupt == "shape":
+            arrays[name] = np.zeros((*arrays[name].shape, 2), np.float32)
+        elif corrupt == "nan":
+            arrays[name] = np.full_like(arrays[name], np.nan)
+        else:
+            arrays["critic.extra"] = np.zeros(3, np.float32)
+        # The stated sha256 is recomputed, so only the layout check can catch it.
+        return m.Envelope(dataclasses.replace(env.message, weights_sha256=m.weights_sha256(arrays)), arrays)
+
+    _rewrite_reply(t, m.TrainReply, broken)
+    result, _ = _run(t, tmp_path, rounds=1, synth=0)
+    assert [(r["site"], r["code"]) for r in result.refusals] == [("hospital-a", "rejected")]
+    assert result.timings[0].sites_trained == 2
+    init = t.nodes[1000][1].reference_weights(architecture="wgan-gp", patch_size=8)
+    assert set(result.weights) == set(init)
+    assert all(np.isfinite(v).all() for v in result.weights.values())
+
+
+def test_tampered_samples_are_not_stored(consortium, tmp_path) -> None:
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+
+    def tamper(env):
+        samples = env.arrays["samples"].copy()
+        samples[0, 0, 0, 0] = 0.123
+        return m.Envelope(env.message, {"samples": samples})
+
+    _rewrite_reply(t, m.SynthesizeReply, tamper)
     result, store = _run(t, tmp_path, rounds=1)
     assert "hospital-a" not in {o["site"] for o in result.outputs}
     assert any(r["site"] == "hospital-a" and "does not match" in r["reason"] for r in result.refusals)

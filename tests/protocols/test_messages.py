@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -146,6 +147,21 @@ def test_canonical_hashes_are_order_and_endianness_independent() -> None:
     scalar = np.float32(0.5).reshape(())  # StyleGAN has 0-d parameters; the shape is part of the hash
     assert m.array_sha256(scalar) != m.array_sha256(scalar.reshape(1))
     assert m.array_sha256(scalar.astype(">f4")) == m.array_sha256(scalar)
+
+
+def test_weights_layout_mismatch_names_what_does_not_fit() -> None:
+    reference = {"critic.w": np.zeros((2, 3), np.float32), "generator.b": np.zeros(4, np.float32)}
+    assert m.weights_layout_mismatch({k: v + 1 for k, v in reference.items()}, reference) is None
+    cases = {
+        "missing \\['generator.b'\\]": {"critic.w": reference["critic.w"]},
+        "unexpected \\['x'\\]": {**reference, "x": np.zeros(1)},
+        "critic.w has shape \\(3, 2\\)": {**reference, "critic.w": np.zeros((3, 2))},
+        "generator.b holds NaN": {**reference, "generator.b": np.array([0, np.nan, 0, 0])},
+        "critic.w holds NaN or infinity": {**reference, "critic.w": np.full((2, 3), np.inf)},
+    }
+    for pattern, weights in cases.items():
+        problem = m.weights_layout_mismatch(weights, reference)
+        assert problem is not None and re.search(pattern, problem), (pattern, problem)
 
 
 def test_prior_claims_and_claims_held_travel_and_are_bounded() -> None:
