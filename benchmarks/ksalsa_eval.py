@@ -43,6 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.ksalsa.baselines import Method, to_tensor  # noqa: E402
+from agent.ksalsa.clustering import GROUPINGS  # noqa: E402
 from agent.ksalsa.pipeline import Inverter, make_averages, prepare_images  # noqa: E402
 from agent.ksalsa.release import majority_grade  # noqa: E402
 from agent.ksalsa.style_alignment import AlignmentSettings  # noqa: E402
@@ -528,6 +529,7 @@ class Variant:
     shrink: float = 1.0  # psi toward the draw's mean code (k-SALSA; for the centroid: a shrunk centroid, no alignment)
     content_target: str = "members"  # k-SALSA content loss against the members (published) or the start image
     style_target: str = "members"  # k-SALSA style: each member's matched patches (published), pooled or site
+    grouping: str = "nearest"  # how groups are formed (agent.ksalsa.clustering): published "nearest" or "random"
 
     @property
     def name(self) -> str:
@@ -540,6 +542,8 @@ class Variant:
             n += f" content={self.content_target}"
         if self.style_target != "members":
             n += f" style={self.style_target}"
+        if self.grouping != "nearest":
+            n += f" groups={self.grouping}"
         return n + (" by-grade" if self.by_grade else "")
 
 
@@ -562,7 +566,7 @@ def _release(images: list[FundusImage], ws: torch.Tensor, variant: Variant, k: i
     groups, outs, seconds, times = [], [], 0.0, StepTimes()
     for part in parts:
         avg = make_averages([images[i] for i in part], method=method, k=k, inverter=inverter, features=features,
-                            settings=settings, ws=ws[part])
+                            settings=settings, ws=ws[part], grouping=variant.grouping, grouping_seed=args.grouping_seed)
         groups += [[int(part[i]) for i in g.indices] for g in avg.clustering.groups]
         outs.append(avg.images)
         seconds += avg.seconds
@@ -598,15 +602,26 @@ def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
 
 
 def _parse_variant(spec: str) -> Variant:
-    """A k-SALSA variant from ``key=value`` pairs joined by ``,``: c, psi, content, style (others default)."""
-    fields = {"c": PUBLISHED_CONTENT, "psi": 1.0, "content": "members", "style": "members"}
+    """A variant from ``key=value`` pairs joined by ``,``: method (default ksalsa), c, psi, content, style,
+    groups (others default; c, content and style are k-SALSA's)."""
+    fields = {"method": Method.KSALSA.value, "c": PUBLISHED_CONTENT, "psi": 1.0, "content": "members", "style": "members",
+              "groups": "nearest"}
     for part in spec.split(","):
         key, _, value = part.strip().partition("=")
         if key not in fields or not value:
             raise SystemExit(f"--extra-variants: bad item {part!r} in {spec!r} (keys: {', '.join(fields)})")
         fields[key] = float(value) if key in ("c", "psi") else value
-    return Variant(Method.KSALSA, float(fields["c"]), shrink=float(fields["psi"]), content_target=str(fields["content"]),
-                   style_target=str(fields["style"]))
+    try:
+        method = Method(fields["method"])
+    except ValueError:
+        raise SystemExit(f"--extra-variants: unknown method {fields['method']!r} in {spec!r}") from None
+    if fields["groups"] not in GROUPINGS:
+        raise SystemExit(f"--extra-variants: groups must be one of {GROUPINGS}, got {fields['groups']!r} in {spec!r}")
+    aligned = method is Method.KSALSA
+    if not aligned and (fields["content"], fields["style"]) != ("members", "members"):
+        raise SystemExit(f"--extra-variants: content and style apply to k-SALSA only ({spec!r})")
+    return Variant(method, float(fields["c"]) if aligned else None, shrink=float(fields["psi"]),
+                   content_target=str(fields["content"]), style_target=str(fields["style"]), grouping=str(fields["groups"]))
 
 
 def draws(args: argparse.Namespace) -> None:
@@ -704,6 +719,7 @@ def draws(args: argparse.Namespace) -> None:
                     "draw": d, "k": k, "name": variant.name, "method": variant.method.value,
                     "content_weight": variant.content_weight, "by_grade": variant.by_grade,
                     "shrink": variant.shrink, "content_target": variant.content_target, "style_target": variant.style_target,
+                    "grouping": variant.grouping,
                     "groups": len(groups), "min_patients_per_group": min(len({site_keys[idx[i]] for i in g}) for g in groups),
                     "fid": fid(synth_inc, held_inc), "fid_real_same_n": fid(site_inc[idx[pick]], held_inc),
                     **{f"cls_{key}": v for key, v in grade_classifier(synth_emb, labels, held_emb, held_y).items()},
@@ -1124,13 +1140,16 @@ def main() -> None:
         p.add_argument("--shrink-psis", default="0.8,0.6,0.4", help="psi values toward the draw's mean code (privacy sweep)")
         p.add_argument("--content-targets", default="members,start", help="k-SALSA content targets (privacy sweep)")
         p.add_argument("--extra-variants", default="",
-                       help="more k-SALSA variants for the privacy sweep, ';'-separated, e.g. 'style=pooled;psi=0.6,content=start,style=site' "
-                            "(style: members, pooled or site)")
+                       help="more variants for the privacy sweep, ';'-separated, e.g. 'style=pooled;psi=0.6,content=start,style=site;"
+                            "method=centroid,groups=random' (style: members, pooled or site; groups: nearest or random)")
         p.add_argument("--selection-draws", default="", help="draws used to choose the content weight (default: first half)")
         p.add_argument("--mia-target", type=float, default=1.5)
         p.add_argument("--recon-before", default="", help="JSON of the recon stage run on the models before the fine-tune")
         p.add_argument("--recon-subset", type=int, default=12, help="images per draw in the before/after reconstruction check")
         p.add_argument("--resume", action="store_true")
+        p.add_argument("--grouping-seed", type=int, default=0,
+                       help="seed of the patient shuffle of 'groups=random' variants (the same in every draw and method, "
+                            "so methods are compared on the same groups)")
         p.add_argument("--out-json", default="/tmp/ks3/recon.json")
     replot = sub.add_parser("plot", help="redraw metrics_vs_k.png from results.json")
     replot.add_argument("--out", default="benchmarks/results/ksalsa")

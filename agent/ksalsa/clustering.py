@@ -16,6 +16,11 @@ Algorithm, while at least ``2k`` patients remain: take the remaining image farth
 centroid of the remaining images (MDAV's seed), then add the patients nearest to that seed (a
 patient's distance is that of its closest image) until the group holds ``k`` patients, each with
 all its images. The ``k .. 2k-1`` patients left form the last group.
+
+``grouping="random"`` ignores the latents: patients are shuffled with a given seed and cut into
+consecutive groups of ``k`` (the last takes ``k .. 2k-1``). Groups are then not made of similar
+images, so an output resembles none of its members more than the average does; that is a privacy
+variant (see benchmarks/results/ksalsa), not the published method.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Sequence
 import numpy as np
 
 from protocols.errors import BadInputError, KAnonymityError
+
+GROUPINGS = ("nearest", "random")
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +100,8 @@ class Clustering:
             )
 
 
-def cluster_by_patient(latents: np.ndarray, patient_keys: Sequence[str], *, k: int) -> Clustering:
+def cluster_by_patient(latents: np.ndarray, patient_keys: Sequence[str], *, k: int, grouping: str = "nearest",
+                       seed: int = 0) -> Clustering:
     """Group images so that each group holds all images of at least ``k`` distinct patients.
 
     Parameters
@@ -104,11 +112,15 @@ def cluster_by_patient(latents: np.ndarray, patient_keys: Sequence[str], *, k: i
         The patient pseudonym of each image (length N).
     k
         Minimum number of distinct patients per group (>= 1).
+    grouping
+        "nearest" (MDAV-like, the default) or "random" (patients shuffled with ``seed``).
+    seed
+        Seed of the "random" shuffle (unused by "nearest").
 
     Raises
     ------
     BadInputError
-        If shapes disagree, ``k < 1`` or a latent is not finite.
+        If shapes disagree, ``k < 1``, a latent is not finite or ``grouping`` is unknown.
     KAnonymityError
         If the images come from fewer than ``k`` distinct patients.
     """
@@ -118,6 +130,8 @@ def cluster_by_patient(latents: np.ndarray, patient_keys: Sequence[str], *, k: i
         raise BadInputError(f"latents: expected (N, ...) codes for {len(patient_keys)} images, got shape {x.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise BadInputError(f"k: expected an integer >= 1, got {k!r}")
+    if grouping not in GROUPINGS:
+        raise BadInputError(f"grouping: expected one of {GROUPINGS}, got {grouping!r}")
     x = x.reshape(n, -1)
     if not np.isfinite(x).all():
         raise BadInputError("latents: every code must be finite; re-run the inversion")
@@ -134,9 +148,14 @@ def cluster_by_patient(latents: np.ndarray, patient_keys: Sequence[str], *, k: i
     members = [np.flatnonzero(image_patient == p) for p in range(num_patients)]
     remaining = np.ones(num_patients, dtype=bool)
     groups: list[list[int]] = []
-    while remaining.sum() >= 2 * k:
-        groups.append(_take_group(x, image_patient, members, remaining, k=k))
-    groups.append([int(p) for p in np.flatnonzero(remaining)])  # k .. 2k-1 patients left
+    if grouping == "random":
+        order = [int(p) for p in np.random.default_rng(seed).permutation(num_patients)]
+        cut = (num_patients // k - 1) * k  # every group but the last has exactly k patients
+        groups = [order[i : i + k] for i in range(0, cut, k)] + [order[cut:]]
+    else:
+        while remaining.sum() >= 2 * k:
+            groups.append(_take_group(x, image_patient, members, remaining, k=k))
+        groups.append([int(p) for p in np.flatnonzero(remaining)])  # k .. 2k-1 patients left
     names = list(patient_ids)
     result = Clustering(
         k=int(k),
@@ -150,7 +169,7 @@ def cluster_by_patient(latents: np.ndarray, patient_keys: Sequence[str], *, k: i
         num_images=n,
     )
     result.check()
-    log.info("clustered %d images of %d patients into %d groups (k=%d)", n, num_patients, len(groups), k)
+    log.info("clustered %d images of %d patients into %d groups (k=%d, %s)", n, num_patients, len(groups), k, grouping)
     return result
 
 

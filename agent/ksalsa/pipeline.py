@@ -118,12 +118,15 @@ def make_averages(
     resolution: int | None = None,
     eigen_components: int | None = None,
     ws: torch.Tensor | None = None,
+    grouping: str = "nearest",
+    grouping_seed: int = 0,
 ) -> Averages:
     """Cluster ``images`` into groups of >= k distinct patients and make one image per group.
 
     ``ws`` are W+ codes of ``images`` already computed with ``inverter`` (one row per image), so
     several methods and k can share one (possibly optimised) inversion; by default the images are
-    inverted here.
+    inverted here. ``grouping``/``grouping_seed`` choose how groups are formed
+    (:func:`agent.ksalsa.clustering.cluster_by_patient`; "nearest" is the published clustering).
 
     Raises
     ------
@@ -145,10 +148,10 @@ def make_averages(
     if inverter is not None:
         device = next(inverter.generator.parameters()).device
         ws = inverter.invert(pixels.to(device)) if ws is None else ws.to(device)
-        clustering = cluster_by_patient(ws.flatten(1).cpu().numpy(), keys, k=k)
+        codes = ws.flatten(1).cpu().numpy()
     else:
-        thumbs = _resize(pixels, min(PIXEL_CLUSTER_EDGE, size))
-        clustering = cluster_by_patient(thumbs.flatten(1).numpy(), keys, k=k)
+        codes = _resize(pixels, min(PIXEL_CLUSTER_EDGE, size)).flatten(1).numpy()
+    clustering = cluster_by_patient(codes, keys, k=k, grouping=grouping, seed=grouping_seed)
     t0 = time.perf_counter()
     times = StepTimes()
     if method is Method.K_SAME_PIXEL:

@@ -30,8 +30,8 @@ def site_latents(draw: st.DrawFn) -> tuple[np.ndarray, list[str], int]:
     return codes[order], [keys[i] for i in order], k
 
 
-def _assert_guarantee(codes: np.ndarray, keys: list[str], k: int) -> None:
-    result = cluster_by_patient(codes, keys, k=k)
+def _assert_guarantee(codes: np.ndarray, keys: list[str], k: int, grouping: str = "nearest") -> None:
+    result = cluster_by_patient(codes, keys, k=k, grouping=grouping, seed=len(keys))
     all_indices = sorted(i for g in result.groups for i in g.indices)
     assert all_indices == list(range(len(keys)))  # every image in exactly one group
     for g in result.groups:
@@ -46,14 +46,25 @@ def _assert_guarantee(codes: np.ndarray, keys: list[str], k: int) -> None:
         for i in g.indices:
             assert owner.setdefault(keys[i], gi) == gi  # all images of a patient in one group
     assert result.patient_counts == tuple(g.num_patients for g in result.groups)
-    again = cluster_by_patient(codes.copy(), list(keys), k=k)
+    again = cluster_by_patient(codes.copy(), list(keys), k=k, grouping=grouping, seed=len(keys))
     assert again == result  # deterministic
 
 
 @settings(max_examples=150, deadline=None)
-@given(site_latents())
-def test_every_group_has_k_distinct_patients(case: tuple[np.ndarray, list[str], int]) -> None:
-    _assert_guarantee(*case)
+@given(site_latents(), st.sampled_from(["nearest", "random"]))
+def test_every_group_has_k_distinct_patients(case: tuple[np.ndarray, list[str], int], grouping: str) -> None:
+    _assert_guarantee(*case, grouping=grouping)
+
+
+def test_random_groups_ignore_the_codes_and_follow_the_seed() -> None:
+    keys = [f"p{i}" for i in range(23)]
+    codes = np.arange(23.0).reshape(-1, 1)  # nearest grouping would take runs of neighbours
+    a = cluster_by_patient(codes, keys, k=4, grouping="random", seed=1)
+    assert a == cluster_by_patient(-codes, keys, k=4, grouping="random", seed=1)
+    assert a != cluster_by_patient(codes, keys, k=4, grouping="random", seed=2)
+    assert a != cluster_by_patient(codes, keys, k=4)
+    with pytest.raises(BadInputError, match="grouping"):
+        cluster_by_patient(codes, keys, k=4, grouping="farthest")
 
 
 @pytest.mark.parametrize(("patients", "k"), [(11, 5), (13, 4), (7, 3), (9, 5), (6, 5)])
