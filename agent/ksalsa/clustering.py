@@ -146,13 +146,13 @@ def cluster_by_patient(latents: np.ndarray, patient_keys: Sequence[str], *, k: i
             "ingest more patients or use a smaller k (not below the site's privacy.min_k)"
         )
     members = [np.flatnonzero(image_patient == p) for p in range(num_patients)]
-    remaining = np.ones(num_patients, dtype=bool)
     groups: list[list[int]] = []
     if grouping == "random":
         order = [int(p) for p in np.random.default_rng(seed).permutation(num_patients)]
         cut = (num_patients // k - 1) * k  # every group but the last has exactly k patients
         groups = [order[i : i + k] for i in range(0, cut, k)] + [order[cut:]]
     else:
+        remaining = np.ones(num_patients, dtype=bool)
         while remaining.sum() >= 2 * k:
             groups.append(_take_group(x, image_patient, members, remaining, k=k))
         groups.append([int(p) for p in np.flatnonzero(remaining)])  # k .. 2k-1 patients left
