@@ -14,7 +14,15 @@ Invariants (checked by ``coordinator.ledger`` on append and ``coordinator.audit`
 - ``from_dict`` rejects unknown and missing fields and wrong types (``int`` where a ``float`` is
   due and vice versa, ``bool`` for numbers), so ``to_dict(from_dict(d)) == d`` for every accepted
   ``d`` and a signature can only ever cover one meaning.
-- ``schema`` is in every claim and entry; readers refuse versions they do not know.
+- ``schema`` is in every claim and entry; readers refuse versions they do not know. Claims are
+  written at :data:`CLAIM_SCHEMA` 2 and read at 1 and 2; entries, signed-claim wrappers and the head
+  stay at :data:`LEDGER_SCHEMA` 1 (their layout did not change).
+- Claim schema 2 adds ``start_weights_sha256``: for a train claim, the canonical digest
+  (:func:`protocols.messages.weights_sha256`) of the weights the round started from, as received from
+  the coordinator; null when the site initialised the model itself (from the round's seed) and for
+  every other claim. An auditor links round 1 of a run to the model it was declared to start from
+  (e.g. one pretrained on public data), and checks that every site of a round started from the same
+  model. Schema-1 claims have no such field and read back as null.
 - Per site: ``site_seq`` counts 0, 1, 2, ... and ``site_prev`` is the claim hash of the site's
   previous claim (``GENESIS`` for the first), so the site's copy of its claims proves omissions.
 - Per ledger: ``seq`` counts 0, 1, 2, ... and ``prev`` is the entry hash of the previous entry
@@ -47,7 +55,9 @@ from protocols.errors import BadInputError, SignatureError
 from protocols.signing import SigningKey, VerifyKey
 from protocols.tasks import PrivacyUnit, Task
 
-LEDGER_SCHEMA = 1
+LEDGER_SCHEMA = 1  # entries, signed-claim wrappers, the signed head
+CLAIM_SCHEMA = 2  # claims written now (see the module docstring)
+_READABLE_CLAIM_SCHEMAS = (1, 2)
 CLAIM_DOMAIN = b"anonfed/site-claim/v1"
 COUNTERSIGN_DOMAIN = b"anonfed/ledger-countersign/v1"
 ENTRY_HASH_DOMAIN = b"anonfed/ledger-entry/v1"
@@ -302,10 +312,11 @@ class Artifact:
 
 
 # -- the claim ------------------------------------------------------------------------------------
-_CLAIM_FIELDS = frozenset({
+_CLAIM_FIELDS_V1 = frozenset({
     "schema", "run_id", "round", "site", "site_seq", "site_prev", "key_id", "task", "dataset",
     "mechanism", "epsilon", "cumulative_epsilon", "kanon", "artifacts", "time",
 })
+_CLAIM_FIELDS = {1: _CLAIM_FIELDS_V1, 2: _CLAIM_FIELDS_V1 | {"start_weights_sha256"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,11 +337,15 @@ class SiteClaim:
     kanon: KAnonRelease | None
     artifacts: tuple[Artifact, ...]
     time: str
-    schema: int = LEDGER_SCHEMA
+    start_weights_sha256: str | None = None
+    schema: int = CLAIM_SCHEMA
 
     def __post_init__(self) -> None:
-        if self.schema != LEDGER_SCHEMA:
-            raise BadInputError(f"claim.schema: this anonfed reads schema {LEDGER_SCHEMA}, got {self.schema!r}; upgrade anonfed")
+        _check_claim_schema(self.schema)
+        if self.start_weights_sha256 is not None:
+            if self.schema < 2:
+                raise BadInputError("claim.start_weights_sha256: not part of claim schema 1")
+            _str(self.start_weights_sha256, "claim.start_weights_sha256", _HEX64, "64 lowercase hex digits or null")
         _str(self.run_id, "claim.run_id", _NAME, "a run id of letters, digits, '.', '_', '-'")
         _int(self.round, "claim.round")
         _str(self.site, "claim.site", _SITE_ID, "a site id (2-63 lowercase letters, digits, '-')")
@@ -376,9 +391,11 @@ class SiteClaim:
                 raise BadInputError("claim: mechanism k-anonymity needs task ksalsa and a kanon release record")
         elif self.kanon is not None:
             raise BadInputError(f"claim: a kanon record is only allowed with mechanism k-anonymity, not {kind.value}")
+        if self.start_weights_sha256 is not None and kind is not MechanismKind.DP_SGD:
+            raise BadInputError(f"claim: only a training (dp-sgd) claim has starting weights, not {kind.value}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "schema": self.schema,
             "run_id": self.run_id,
             "round": self.round,
@@ -395,12 +412,15 @@ class SiteClaim:
             "artifacts": [a.to_dict() for a in self.artifacts],
             "time": self.time,
         }
+        if self.schema >= 2:  # a schema-1 claim must re-encode to exactly the bytes its site signed
+            d["start_weights_sha256"] = self.start_weights_sha256
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "SiteClaim":
-        f = _fields(d, "claim", _CLAIM_FIELDS)
-        if f["schema"] != LEDGER_SCHEMA or type(f["schema"]) is not int:
-            raise BadInputError(f"claim.schema: this anonfed reads schema {LEDGER_SCHEMA}, got {f['schema']!r}; upgrade anonfed")
+        schema = d.get("schema") if isinstance(d, dict) else None
+        _check_claim_schema(schema)
+        f = _fields(d, "claim", _CLAIM_FIELDS[schema])
         task = _TASKS.get(f["task"]) if type(f["task"]) is str else None
         if task is None:
             raise BadInputError(f"claim.task: unknown task {f['task']!r}")
@@ -412,7 +432,8 @@ class SiteClaim:
             epsilon=_eps_in(f["epsilon"], "claim.epsilon"),
             cumulative_epsilon=_eps_in(f["cumulative_epsilon"], "claim.cumulative_epsilon"),
             kanon=None if f["kanon"] is None else KAnonRelease.from_dict(f["kanon"]),
-            artifacts=tuple(Artifact.from_dict(a) for a in f["artifacts"]), time=f["time"], schema=f["schema"],
+            artifacts=tuple(Artifact.from_dict(a) for a in f["artifacts"]), time=f["time"],
+            start_weights_sha256=f.get("start_weights_sha256"), schema=schema,
         )
 
     @functools.cached_property
@@ -442,8 +463,9 @@ def make_claim(
     kanon: KAnonRelease | None = None,
     artifacts: tuple[Artifact, ...] = (),
     time: str | None = None,
+    start_weights_sha256: str | None = None,
 ) -> SiteClaim:
-    """Build a validated claim (``time`` defaults to now, UTC).
+    """Build a validated claim at :data:`CLAIM_SCHEMA` (``time`` defaults to now, UTC).
 
     Raises
     ------
@@ -453,8 +475,14 @@ def make_claim(
     return SiteClaim(
         run_id=run_id, round=round, site=site, site_seq=site_seq, site_prev=site_prev, key_id=key_id, task=task,
         dataset=dataset, mechanism=mechanism, epsilon=epsilon, cumulative_epsilon=cumulative_epsilon, kanon=kanon,
-        artifacts=tuple(artifacts), time=time or utc_now(),
+        artifacts=tuple(artifacts), time=time or utc_now(), start_weights_sha256=start_weights_sha256,
     )
+
+
+def _check_claim_schema(schema: Any) -> None:
+    if type(schema) is not int or schema not in _READABLE_CLAIM_SCHEMAS:
+        raise BadInputError(f"claim.schema: this anonfed reads claim schemas {list(_READABLE_CLAIM_SCHEMAS)}, "
+                            f"got {schema!r}; upgrade anonfed")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,9 @@ SCHEMA_NAME = "anonfed.messages"
 #    reads 1 would refuse those fields as unknown; the version makes the refusal say why.
 # 3: a refusal with code "ledger-behind" may carry prior_claims (a site whose claim log is further
 #    ahead of the ledger than one reply can carry sends its earlier claims instead of working).
-SCHEMA_VERSION = 3
+# 4: a train reply states the digest of the weights its round started from (start_weights_sha256;
+#    null when the site initialised the model from the round's seed); the site signs it in its claim.
+SCHEMA_VERSION = 4
 
 #: The only scalar value types any message field may hold (bool is checked before int).
 SCALAR_TYPES: tuple[type, ...] = (bool, int, float, str, bytes)
@@ -257,10 +259,15 @@ class TrainReply(WireMessage):
     # coordinator does not hold yet, then claims for DP steps the site's accountant charged in
     # rounds that never replied. Each is checked like any claim; none describes this reply.
     prior_claims: tuple[bytes, ...] | None = None
+    # weights_sha256 of the weights the instruction carried (None: none were sent; the site
+    # initialised from the round's seed). The coordinator refuses a reply that names other weights.
+    start_weights_sha256: str | None = None
 
     def validate(self) -> None:
         _site_id(self)
         _sha(self, "weights_sha256")
+        if self.start_weights_sha256 is not None:
+            _sha(self, "start_weights_sha256")
         _prior_claims(self)
         _positive(self, "num_patients")
         if self.task in FEDERATED_TRAINING_TASKS:

@@ -43,7 +43,7 @@ MAX_METRICS = 64
 MAX_TOTAL_ARRAY_BYTES = 256 * 1024 * 1024
 SAMPLES_ARRAY = "samples"
 AVERAGES_ARRAY = "images"
-_SHA_FIELDS = frozenset({"weights_sha256", "samples_sha256", "images_sha256"})
+_SHA_FIELDS = frozenset({"weights_sha256", "samples_sha256", "images_sha256", "start_weights_sha256"})
 # Models of these tasks are trained without DP for use at the site only (k-SALSA's StyleGAN):
 # their weights never leave, whatever plan a request carries.
 SITE_ONLY_TASKS = frozenset({Task.STYLEGAN_LOCAL})
@@ -65,6 +65,9 @@ class EgressPolicy:
     real_fingerprints: frozenset[str] = frozenset()
     blocked_log: Path | None = None
     site_min_k: int | None = None  # k-SALSA releases: the site's own minimum k
+    # Train replies: weights_sha256 of the weights the request carried (None: none were). A digest
+    # field is 256 free bits; pinning it to the request's weights keeps it from carrying anything else.
+    start_weights_sha256: str | None = None
 
     @staticmethod
     def weights_spec(weights: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -213,6 +216,8 @@ def _check_weights(msg: m.TrainReply, arrays: Mapping[str, np.ndarray], policy: 
             out.append(f"weight {name!r} holds NaN or infinity")
     if not out and m.weights_sha256(arrays) != msg.weights_sha256:
         out.append("weights_sha256 does not match the weights carried")
+    if msg.start_weights_sha256 != policy.start_weights_sha256:
+        out.append("start_weights_sha256 is not the digest of the weights the request carried")
     return out
 
 

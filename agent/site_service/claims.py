@@ -94,8 +94,10 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
             new.append(sign_claim(claim, key))
             seq, prev, previous = seq + 1, claim.claim_hash, cumulative_then
         epsilon = max(0.0, cumulative - previous)
+    start = fields.get("start_weights_sha256") if fields["kind"] == "train" else None
     claim = make_claim(site_seq=seq, site_prev=prev, mechanism=mechanism, epsilon=epsilon, cumulative_epsilon=cumulative,
-                       artifacts=(artifact,), **common)  # type: ignore[arg-type]
+                       artifacts=(artifact,), start_weights_sha256=None if start is None else str(start),
+                       **common)  # type: ignore[arg-type]
     new.append(sign_claim(claim, key))
 
     def commit() -> None:

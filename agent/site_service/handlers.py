@@ -93,6 +93,7 @@ def handle_train(
         )
         site_policy.require_patients(site, data.num_patients)
         weights = dict(request.arrays) or None
+        start_digest = m.weights_sha256(weights) if weights else None
         outcome = engine.train(site, data=data, weights=weights, instruction=ins, terms=terms)
         out_weights = {k: np.asarray(v, dtype=np.float32) for k, v in outcome.weights.items()}
         digest = m.weights_sha256(out_weights)
@@ -116,7 +117,7 @@ def handle_train(
             epsilon_next=_opt_float(outcome.epsilon_next), delta=float(terms.delta), unit=terms.unit,
             noise_multiplier=_opt_float(mech.get("noise_multiplier")), sample_rate=_opt_float(mech.get("sample_rate")),
             steps=_opt_int(mech.get("steps")), max_grad_norm=_opt_float(mech.get("max_grad_norm")),
-            accountant=_opt_str(mech.get("accountant")),
+            accountant=_opt_str(mech.get("accountant")), start_weights_sha256=start_digest,
         )
         pending = None
         if sign_claim is not None:
@@ -133,6 +134,7 @@ def handle_train(
             forbidden_strings=data.patient_keys,
             real_fingerprints=fingerprints,
             blocked_log=state.blocked_log,
+            start_weights_sha256=start_digest,
         )
         return _guarded(site, m.Envelope(reply, out_weights, metrics), policy, ins, ins.round, pending)
     except Exception as exc:  # noqa: BLE001

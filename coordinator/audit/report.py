@@ -162,17 +162,20 @@ def render_report(
                (f"; the newest {len(shown)} are listed" if len(shown) < len(rows) else "") + ".</p>")
     out.append("<table id='releases'><tr><th>entry</th><th class='l'>site</th><th class='l'>run</th><th>round</th>"
                "<th class='l'>task</th><th class='l'>dataset</th><th class='l'>guarantee</th><th>epsilon</th>"
-               "<th>cumulative</th><th>k (min)</th><th>clusters</th><th>artifacts</th><th class='l'>time</th></tr>")
+               "<th>cumulative</th><th>k (min)</th><th>clusters</th><th>artifacts</th><th class='l'>started from</th>"
+               "<th class='l'>time</th></tr>")
     for r in shown:
         guarantee = {"dp-sgd": "DP-SGD", "none": "NONE (no DP)", "k-anonymity": "k-anonymity",
                      "post-processing": "post-processing"}.get(r.mechanism, r.mechanism)
         kcol = "" if r.k is None else f"{r.k} ({r.min_k})"
         clusters = "" if not r.cluster_sizes else f"{len(r.cluster_sizes)} (min {min(r.cluster_sizes)})"
+        start = "" if r.start_weights_sha256 is None else \
+            f"<span title='{e(r.start_weights_sha256)}'>{e(r.start_weights_sha256[:12])}</span>"
         out.append(f"<tr><td>{r.seq}</td><td class='l'>{e(r.site)}</td><td class='l'>{e(r.run_id)}</td><td>{r.round}</td>"
                    f"<td class='l'>{e(r.task)}</td><td class='l'>{e(r.dataset)}</td><td class='l'>{e(guarantee)}</td>"
                    f"<td>{_fmt(r.epsilon) if r.mechanism in ('dp-sgd', 'none') else 'n/a'}</td>"
                    f"<td>{_fmt(r.cumulative_epsilon)}</td><td>{kcol}</td><td>{clusters}</td>"
-                   f"<td>{r.artifacts}</td><td class='l'>{e(r.time)}</td></tr>")
+                   f"<td>{r.artifacts}</td><td class='l'>{start}</td><td class='l'>{e(r.time)}</td></tr>")
     out.append("</table><p>Epsilon is recomputed by the auditor with Google's dp-accounting (RDP, and PLD for "
                "figures below the RDP bound); see coordinator/audit/recompute.py for the tolerance rule.</p>")
     out.append("</body></html>")

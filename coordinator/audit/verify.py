@@ -15,7 +15,12 @@ Checks, per entry in file order (a finding names the entry's sequence number and
    stated in :mod:`coordinator.audit.recompute` (AccountingError);
 7. k-anonymity releases have ``k >= min_k`` and every cluster >= k patients (KAnonymityError);
 8. optionally, each artifact's SHA-256 names a file in the synthetic-output store whose content
-   has that hash (IntegrityError).
+   has that hash (IntegrityError);
+9. the training claims of one run and round that name their starting weights
+   (``start_weights_sha256``, claim schema 2) all name the same weights: every site of a round
+   must have started from the one global model (IntegrityError). The summary states, per run, the
+   weights its first recorded round started from, for comparison with a declared (e.g. public)
+   starting model.
 
 After the last entry: the signed head (``LEDGER.head``) must verify and must not name more
 entries than the file holds (ChainError: the tail was truncated). A torn tail (interrupted write)
@@ -91,6 +96,7 @@ class EntryRow:
     cluster_sizes: tuple[int, ...]
     artifacts: int
     time: str
+    start_weights_sha256: str | None = None  # training claims of schema 2: the model the round started from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +144,9 @@ class AuditResult:
             if consortium:
                 figures = ", ".join(f"{d} {e:.4g}" for d, e in sorted(consortium.items()))
                 lines.append(f"OK: consortium epsilon (max over sites; sites hold disjoint patients): {figures}")
+            for run, (rnd, digest) in sorted(run_starts(self.rows).items()):
+                start = "weights the sites initialised themselves" if digest is None else f"weights_sha256 {digest}"
+                lines.append(f"OK: run {run}: round {rnd}, its first recorded training round, started from {start}")
         else:
             first = self.first_error
             assert first is not None
@@ -202,8 +211,36 @@ def audit(
     head_count = _check_head(head_path or head_path_for(ledger_path), coord_key, hashes, findings)
     if store_index is not None:
         _check_unclaimed(store_index, findings)
+    _check_round_starts(rows, findings)
     sites = tuple(sorted({r.site for r in rows}))
     return AuditResult(ledger_path, n, found.torn_bytes, head_count, tuple(findings), tuple(rows), sites)
+
+
+def _check_round_starts(rows: Sequence[EntryRow], findings: list[Finding]) -> None:
+    """Check 9: one starting model per (run, round) among the claims that name one."""
+    first: dict[tuple[str, int], EntryRow] = {}
+    for r in rows:
+        if r.start_weights_sha256 is None:  # schema-1 claims, catch-up claims, site-initialised rounds
+            continue
+        seen = first.setdefault((r.run_id, r.round), r)
+        if seen.start_weights_sha256 != r.start_weights_sha256:
+            findings.append(Finding(Severity.ERROR, IntegrityError, r.seq, r.site,
+                                    f"run {r.run_id} round {r.round} started from weights {r.start_weights_sha256}, "
+                                    f"but {seen.site} (entry {seen.seq}) started that round from "
+                                    f"{seen.start_weights_sha256}: the sites did not train the same global model", 2))
+
+
+def run_starts(rows: Sequence[EntryRow]) -> dict[str, tuple[int, str | None]]:
+    """Per run: (its first recorded training round, the weights_sha256 that round started from, None
+    if the sites initialised the model themselves or the claims predate claim schema 2)."""
+    out: dict[str, tuple[int, str | None]] = {}
+    for r in rows:
+        if r.mechanism != MechanismKind.DP_SGD.value:
+            continue
+        have = out.get(r.run_id)
+        if have is None or r.round < have[0] or (r.round == have[0] and have[1] is None):
+            out[r.run_id] = (r.round, r.start_weights_sha256)
+    return out
 
 
 def _scan_entries(
@@ -328,7 +365,7 @@ def _row(entry: LedgerEntry) -> EntryRow:
     return EntryRow(
         entry.seq, c.site, c.run_id, c.round, c.task.value, c.dataset, c.mechanism.kind.value, c.epsilon,
         c.cumulative_epsilon, c.kanon.k if c.kanon else None, c.kanon.min_k if c.kanon else None,
-        c.kanon.cluster_sizes if c.kanon else (), len(c.artifacts), c.time,
+        c.kanon.cluster_sizes if c.kanon else (), len(c.artifacts), c.time, c.start_weights_sha256,
     )
 
 

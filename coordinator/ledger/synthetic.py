@@ -49,6 +49,7 @@ def synthetic_claims(
     state = {site: (EpsilonRecomputer.EMPTY, 0.0, GENESIS, 0) for site in site_keys}
     out: list[SignedClaim] = []
     for rnd in range(rounds):
+        start = hashlib.sha256(f"{run_id}/global/{rnd}".encode()).hexdigest()  # one global model per round
         for site, key in site_keys.items():
             history, cum, prev, seq = state[site]
             q = (sample_rates or {}).get(site, sample_rate)
@@ -62,6 +63,7 @@ def synthetic_claims(
                                          SYNTHETIC_ACCOUNTANT),
                 epsilon=new_cum - cum, cumulative_epsilon=new_cum,
                 artifacts=(Artifact("generator.safetensors", ArtifactKind.WEIGHTS, digest, 1000 + rnd),),
+                start_weights_sha256=start,
             )
             signed = sign_claim(claim, key)
             out.append(signed)

@@ -139,6 +139,7 @@ def run_federation(
         say(f"round {rnd}/{plan.rounds}: training at {', '.join(sites[n] for n in chosen)}")
         instruction = plan.train_instruction(rnd)
         requests = {n: m.Envelope(_for_site(instruction, sites[n], on_claim), weights) for n in chosen}
+        sent_digest = m.weights_sha256(weights) if weights else None
         t0 = time.perf_counter()
         replies = transport.exchange(requests, round_=rnd, timeout_s=plan.reply_timeout_s)
         timing.wait_s = time.perf_counter() - t0
@@ -149,8 +150,8 @@ def run_federation(
             site = sites[node]
             reply = replies.get(node, Failure(node, "no reply"))
             reference = weights or (updates[0][0] if updates else None)  # no global model yet: the first reply's
-            update = _accept_train_reply(reply, node, site, rnd, instruction, reference, budget, on_claim, refusals,
-                                         say)
+            update = _accept_train_reply(reply, node, site, rnd, instruction, reference, sent_digest, budget,
+                                         on_claim, refusals, say)
             if update is not None:
                 updates.append(update)
                 accepted.append(reply)
@@ -226,13 +227,15 @@ def _accept_train_reply(
     rnd: int,
     instruction: m.TrainInstruction,
     weights: Mapping[str, np.ndarray] | None,
+    sent_digest: str | None,
     budget: ConsortiumBudget,
     on_claim: ClaimSink | None,
     refusals: list[dict[str, object]],
     say: Progress,
 ) -> tuple[dict[str, np.ndarray], int] | None:
-    """Check one train reply against ``instruction`` and the global ``weights`` (None: no model yet);
-    returns (weights, patients) to aggregate, or None."""
+    """Check one train reply against ``instruction``, the global ``weights`` (None: no model yet) and
+    ``sent_digest`` (weights_sha256 of the weights sent this round, None if none); returns (weights,
+    patients) to aggregate, or None."""
     if isinstance(reply, Failure):
         say(f"round {rnd}: {site} failed: {reply.reason}")
         refusals.append({"round": rnd, "site": site, "code": "transport", "reason": reply.reason})
@@ -257,6 +260,10 @@ def _accept_train_reply(
             raise IntegrityError("the train reply carries no weights")
         if m.weights_sha256(reply.arrays) != msg.weights_sha256:
             raise IntegrityError("returned weights do not match their stated sha256")
+        if msg.start_weights_sha256 != sent_digest:
+            # The site's signed claim repeats this digest: the ledger must name the model actually sent.
+            raise IntegrityError(f"the reply says the round started from weights {msg.start_weights_sha256}, "
+                                 f"not the ones sent ({sent_digest})")
         # Without a global model yet (first round, no initial weights) the reply is checked against itself.
         problem = m.weights_layout_mismatch(reply.arrays, reply.arrays if weights is None else weights)
         if problem is not None:

@@ -10,8 +10,10 @@ Files under the output folder::
     ledger/ledger.jsonl the privacy ledger (if a keys folder with coordinator.key is given)
     global_weights.npz  final aggregated weights (DP-GAN generator + critic, or StyleGAN generator,
                         EMA generator + discriminator)
-    summary.json        per-site epsilon, outputs, refusals, timings; the SHA-256 of the initial
-                        weights when the plan names a file (``initial-weights``)
+    summary.json        per-site epsilon, outputs, refusals, timings; when the plan names an
+                        ``initial-weights`` file, its SHA-256 and the weights' canonical digest
+                        (``weights_sha256``), which every round-1 claim in the ledger repeats as
+                        ``start_weights_sha256``
 """
 
 from __future__ import annotations
@@ -89,8 +91,10 @@ def run_session(transport: SiteTransport, plan: FederationPlan, paths: SessionPa
         init = initial_weights(plan.architecture, plan.patch_size, plan.seed)
         if plan.initial_weights:
             init, digest = load_initial_weights(Path(plan.initial_weights), reference=init)
-            start = {"path": plan.initial_weights, "sha256": digest}
-            say(f"round 1 starts from {plan.initial_weights} (sha256 {digest}), not from seed {plan.seed}'s initialisation")
+            start = {"path": plan.initial_weights, "sha256": digest, "weights_sha256": m.weights_sha256(init)}
+            say(f"round 1 starts from {plan.initial_weights} (file sha256 {digest}; weights_sha256 "
+                f"{start['weights_sha256']}, as the sites' round-1 claims state it), not from seed {plan.seed}'s "
+                "initialisation")
     else:  # StyleGAN code lives with the site's data code: the sites initialise from the round's seed
         say(f"{plan.task.value}: the sites initialise the model from the round seed; the first average is the "
             "global model")
@@ -195,7 +199,8 @@ class _LedgerSink:
 
 
 def check_claim_matches_reply(claim: object, site: str, reply: m.WireMessage) -> None:
-    """The signed claim must describe exactly this reply: site, run, round, artifact hash, epsilon.
+    """The signed claim must describe exactly this reply: site, run, round, artifact hash, epsilon, and for
+    a train reply the weights the round started from.
 
     Raises
     ------
@@ -212,6 +217,8 @@ def check_claim_matches_reply(claim: object, site: str, reply: m.WireMessage) ->
         ("round", c.round, reply.round),  # type: ignore[attr-defined]
         ("artifact sha256", sorted(a.sha256 for a in c.artifacts), [digest]),  # type: ignore[attr-defined]
     ]
+    if isinstance(reply, m.TrainReply):
+        checks.append(("start weights sha256", c.start_weights_sha256, reply.start_weights_sha256))  # type: ignore[attr-defined]
     if hasattr(reply, "epsilon_cumulative"):
         checks.append(("cumulative epsilon", round(float(c.cumulative_epsilon), 9),  # type: ignore[attr-defined]
                        round(float(reply.epsilon_cumulative), 9)))  # type: ignore[attr-defined]

@@ -83,6 +83,10 @@ def test_lost_reply_and_crashed_round_are_claimed_in_the_next_reply(tmp_path, ti
     assert [c.site_seq for c in claims] == [0, 1, 2, 3]
     assert [c.round for c in claims] == [1, LOST_ROUND, 4, 4]  # resent, then the catch-up, then round 4's own
     assert [len(c.artifacts) for c in claims] == [1, 1, 0, 1]  # the crashed round released nothing
+    # Round 1 started from the site's own seed initialisation (StyleGAN); rounds 2 and 4 from the
+    # round-1 average (nothing was aggregated in between); the catch-up claim names no model.
+    starts = [c.start_weights_sha256 for c in claims]
+    assert starts[0] is None and starts[2] is None and starts[1] is not None and starts[3] == starts[1]
     assert all(isinstance(c.mechanism, DpSgdMechanism) for c in claims)
     accountant = open_accountant(site, "fundus")
     assert sum(c.mechanism.steps for c in claims) == accountant.total_steps == 8  # every charged step is claimed

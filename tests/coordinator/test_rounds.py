@@ -132,6 +132,22 @@ def test_update_that_does_not_fit_the_global_model_is_not_averaged(consortium, t
     assert all(np.isfinite(v).all() for v in result.weights.values())
 
 
+@pytest.mark.parametrize("named", ["other", "none"])
+def test_update_trained_from_other_weights_than_sent_is_not_averaged(consortium, tmp_path, named) -> None:
+    # A site that says it started from another model (its own, or none) did not train the global one.
+    t = consortium(budgets=(9.0, 9.0, 9.0))
+
+    def other_start(env):
+        start = "ab" * 32 if named == "other" else None
+        return m.Envelope(dataclasses.replace(env.message, start_weights_sha256=start), env.arrays)
+
+    _rewrite_reply(t, m.TrainReply, other_start)
+    result, _ = _run(t, tmp_path, rounds=1, synth=0)
+    assert [(r["site"], r["code"]) for r in result.refusals] == [("hospital-a", "rejected")]
+    assert "started from weights" in result.refusals[0]["reason"]
+    assert result.timings[0].sites_trained == 2
+
+
 def test_tampered_samples_are_not_stored(consortium, tmp_path) -> None:
     t = consortium(budgets=(9.0, 9.0, 9.0))
 

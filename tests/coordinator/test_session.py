@@ -46,6 +46,7 @@ def test_matching_claim_passes() -> None:
         ({"run_id": "run-0"}, "run_id"),
         ({"artifacts": (Artifact("weights-r2", ArtifactKind.WEIGHTS, "cd" * 32, 10),)}, "artifact sha256"),
         ({"cumulative_epsilon": 2.4, "epsilon": 0.9}, "cumulative epsilon"),
+        ({"start_weights_sha256": "ef" * 32}, "start weights sha256"),
     ],
 )
 def test_claim_that_describes_another_release_is_rejected(claim_over, pattern) -> None:
@@ -81,7 +82,10 @@ def test_round_one_starts_from_given_weights_and_the_summary_names_their_hash(co
     # every fake site adds 0.1 to what it receives: the average is the given start + 0.1, not the reference's
     assert all(np.allclose(v, 2.1) for v in result.weights.values())
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["initial_weights"] == {"path": str(start), "sha256": hashlib.sha256(start.read_bytes()).hexdigest()}
+    assert summary["initial_weights"] == {
+        "path": str(start), "sha256": hashlib.sha256(start.read_bytes()).hexdigest(),
+        "weights_sha256": m.weights_sha256({k: np.full_like(v, 2.0) for k, v in reference.items()}),
+    }
     assert summary["initial_weights"]["sha256"] in (tmp_path / "out" / "progress.log").read_text()
 
 

@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 
 from agent.config import load_site_config
+from agent.models import initial_weights
 from agent.training.local_round import current_epsilon
 from coordinator.store import SyntheticStore
+from protocols import messages as m
+from protocols.ledger import LedgerEntry
+from protocols.tasks import Task
 
 pytestmark = [pytest.mark.deployment]
 
@@ -69,6 +73,14 @@ def test_ledger_verifies_independently(deployment) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(ledger.read_text().splitlines()) == 3 * 2 + 3  # 2 training claims + 1 release per site
+    # Every site's signed claim names the model its round started from: round 1 the coordinator's
+    # seed-0 initialisation, round 2 the round-1 average; the auditor states the run's start.
+    claims = [LedgerEntry.from_line(line).claim for line in ledger.read_bytes().splitlines()]
+    starts = {rnd: {c.start_weights_sha256 for c in claims if c.round == rnd and c.task is Task.DPGAN} for rnd in (1, 2)}
+    first = m.weights_sha256(initial_weights("wgan-gp", 32, 0))
+    assert starts[1] == {first}
+    assert len(starts[2]) == 1 and None not in starts[2] and starts[2] != {first}
+    assert f"started from weights_sha256 {first}" in proc.stdout
 
 
 def test_superlink_speaks_only_tls(deployment) -> None:

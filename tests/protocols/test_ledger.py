@@ -10,7 +10,7 @@ import pytest
 from protocols.canonical import decode, encode
 from protocols.errors import BadInputError, SignatureError
 from protocols.ledger import (
-    GENESIS, Artifact, ArtifactKind, DpSgdMechanism, KAnonRelease, LedgerEntry, MechanismKind, PlainMechanism,
+    CLAIM_SCHEMA, GENESIS, Artifact, ArtifactKind, DpSgdMechanism, KAnonRelease, LedgerEntry, MechanismKind, PlainMechanism,
     SignedClaim, SiteClaim, countersign, make_claim, sign_claim, verify_countersignature,
 )
 from protocols.signing import SigningKey
@@ -37,7 +37,41 @@ def test_claim_round_trips_through_canonical_bytes() -> None:
     back = SignedClaim.from_bytes(signed.to_bytes())
     assert back == signed and back.claim.canonical == claim.canonical
     back.verify(KEY.public)
-    assert decode(claim.canonical)["schema"] == 1
+    assert decode(claim.canonical)["schema"] == CLAIM_SCHEMA == 2
+
+
+def test_a_schema_1_claim_still_reads_and_verifies_byte_for_byte() -> None:
+    # Ledgers written before claim schema 2 must keep verifying: the claim re-encodes to exactly
+    # the bytes its site signed (no start_weights_sha256 key), inside a countersigned entry too.
+    old = dataclasses.replace(_claim(), schema=1)
+    d = decode(old.canonical)
+    assert d["schema"] == 1 and "start_weights_sha256" not in d
+    signed = sign_claim(old, KEY)
+    entry = countersign(signed, seq=0, prev=GENESIS, key=COORD)
+    parsed = LedgerEntry.from_line(entry.line)
+    assert parsed.claim == old and parsed.claim.start_weights_sha256 is None
+    assert parsed.claim.canonical == old.canonical
+    parsed.signed.verify(KEY.public)
+    verify_countersignature(parsed, COORD.public)
+    with pytest.raises(BadInputError, match="not part of claim schema 1"):
+        dataclasses.replace(old, start_weights_sha256="cd" * 32)
+    d.update(start_weights_sha256=None)
+    with pytest.raises(BadInputError, match=r"unknown fields \['start_weights_sha256'\]"):
+        SiteClaim.from_dict(d)
+
+
+def test_start_weights_digest_is_signed_and_only_on_training_claims() -> None:
+    claim = _claim(start_weights_sha256="cd" * 32)
+    signed = sign_claim(claim, KEY)
+    back = SignedClaim.from_bytes(signed.to_bytes())
+    assert back.claim.start_weights_sha256 == "cd" * 32
+    forged = dataclasses.replace(back, claim=dataclasses.replace(back.claim, start_weights_sha256="ef" * 32))
+    with pytest.raises(SignatureError):
+        forged.verify(KEY.public)
+    assert decode(_claim().canonical)["start_weights_sha256"] is None  # present, null: the site initialised
+    with pytest.raises(BadInputError, match="only a training"):
+        _claim(task=Task.SYNTHESIZE, mechanism=PlainMechanism(MechanismKind.POST_PROCESSING), epsilon=0.0,
+               start_weights_sha256="cd" * 32)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +81,10 @@ def test_claim_round_trips_through_canonical_bytes() -> None:
         (lambda d: d.pop("dataset"), r"missing fields \['dataset'\]"),
         (lambda d: d["mechanism"].update(noise_multiplier=1), "mechanism.noise_multiplier: expected a float"),
         (lambda d: d.update(round=True), "claim.round: expected an integer"),
-        (lambda d: d.update(schema=2), "schema 1, got 2"),
+        (lambda d: d.update(schema=3), r"claim schemas \[1, 2\], got 3"),
+        (lambda d: d.update(schema=True), r"claim schemas \[1, 2\], got True"),
+        (lambda d: d.pop("start_weights_sha256"), r"missing fields \['start_weights_sha256'\]"),
+        (lambda d: d.update(start_weights_sha256="XYZ"), "start_weights_sha256: expected 64 lowercase hex"),
         (lambda d: d.update(task="mine-bitcoin"), "unknown task"),
         (lambda d: d.update(task=["dpgan"]), "unknown task"),
         (lambda d: d["artifacts"][0].update(kind="model"), "unknown kind"),

@@ -77,6 +77,19 @@ def test_real_image_in_place_of_a_weight_is_blocked() -> None:
         check_outgoing(m.Envelope(_train_reply(w), w), _policy())
 
 
+def test_start_digest_is_pinned_to_the_weights_the_request_carried() -> None:
+    # The digest field is 256 free bits: a site must not be able to use it for anything but the
+    # digest of the model it was sent (here: a hash of a patient's data, or of its own weights).
+    w = _weights()
+    sent = m.weights_sha256({"generator.w": np.zeros((4, 8), np.float32), "critic.w": np.zeros(4, np.float32)})
+    check_outgoing(m.Envelope(_train_reply(w, start_weights_sha256=sent), w), _policy(start_weights_sha256=sent))
+    check_outgoing(m.Envelope(_train_reply(w), w), _policy())  # nothing sent, nothing named
+    for named, policy in ((m.weights_sha256(w), sent), ("ab" * 32, None), (None, sent)):
+        with pytest.raises(EgressBlockedError, match="start_weights_sha256 is not the digest"):
+            check_outgoing(m.Envelope(_train_reply(w, start_weights_sha256=named), w),
+                           _policy(start_weights_sha256=policy))
+
+
 def test_weights_swapped_after_hashing_are_blocked() -> None:
     w = _weights()
     reply = _train_reply(w)

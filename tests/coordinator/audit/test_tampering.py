@@ -10,7 +10,7 @@ import pytest
 from coordinator.audit.verify import audit, verify
 from coordinator.ledger.head import head_path_for, sign_head, write_head
 from protocols.canonical import decode, encode
-from protocols.errors import AccountingError, ChainError, SignatureError
+from protocols.errors import AccountingError, ChainError, IntegrityError, SignatureError
 from protocols.ledger import GENESIS, LedgerEntry, SignedClaim, countersign, entry_hash_of, sign_claim
 from protocols.signing import load_key_directory
 
@@ -203,6 +203,29 @@ def test_k_below_minimum_is_named(ledger, keys, keyring) -> None:
 
     with pytest.raises(KAnonymityError, match=rf"entry {i} \(site {c.site}\).*k = 3 is below the recorded minimum"):
         verify(ledger, keys)
+
+
+def test_sites_of_one_round_that_started_from_different_models_are_named(ledger, keys, keyring) -> None:
+    # A coordinator that sent one site another model (say, one trained on that site's earlier
+    # release) and recorded it faithfully: each claim verifies alone; check 9 compares them.
+    entries = [LedgerEntry.from_line(x) for x in _lines(ledger)]
+    first = entries[0].claim
+    i = next(n for n, e in enumerate(entries) if e.claim.round == first.round and e.claim.site != first.site)
+    c = entries[i].claim
+    entries[i] = dataclasses.replace(entries[i], signed=sign_claim(
+        dataclasses.replace(c, start_weights_sha256="ee" * 32), keyring[c.site]))
+    _rechain(ledger, entries, keyring["coordinator"])
+    result = audit(ledger, keys)
+    bad = [f for f in result.errors if f.error is IntegrityError]
+    assert [(f.seq, f.site) for f in bad] == [(i, c.site)]
+    assert "did not train the same global model" in bad[0].message and first.start_weights_sha256 in bad[0].message
+
+
+def test_the_summary_names_the_model_each_run_started_from(ledger, keys) -> None:
+    first = LedgerEntry.from_line(_lines(ledger)[0]).claim
+    lines = verify(ledger, keys).summary_lines()
+    assert f"OK: run {first.run_id}: round {first.round}, its first recorded training round, started from " \
+           f"weights_sha256 {first.start_weights_sha256}" in lines
 
 
 def test_forged_head_is_a_signature_error(ledger, keys, keyring) -> None:
