@@ -49,6 +49,7 @@ from agent.ksalsa.release import majority_grade  # noqa: E402
 from agent.ksalsa.style_alignment import AlignmentSettings  # noqa: E402
 from agent.phantoms.in_memory import fundus_images  # noqa: E402
 from agent.records import FundusImage  # noqa: E402
+from protocols.atomic_files import atomic_write, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("ksalsa_eval")
 
@@ -742,8 +743,11 @@ def draws(args: argparse.Namespace) -> None:
                 store[key + "|img"], store[key + "|emb"], store[key + "|inc"] = synth, synth_emb.numpy(), synth_inc
                 store[key + "|labels"] = labels
                 log.info("%s", {kk: (round(v, 3) if isinstance(v, float) else v) for kk, v in row.items()})
-                rows_path.write_text(json.dumps(rows, indent=1))
-                np.savez(work / "draw_outputs.npz", **store)
+                # Outputs first, then the rows that name them, each replaced atomically: a run killed at
+                # any point resumes from a consistent pair.
+                with atomic_write(work / "draw_outputs.npz") as fh:
+                    np.savez(fh, **store)
+                write_text_atomic(rows_path, json.dumps(rows, indent=1))
     meta = {
         "command": " ".join(["OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ksalsa_eval.py", *sys.argv[1:]]),
         "train": json.loads((work / "models" / "train.json").read_text()),
@@ -782,7 +786,8 @@ def _aggregate(rows: list[dict], store, held_inc, held_emb, held_y, site_inc, dr
         if not rs:
             continue
         agg = {"k": k, "name": name, "method": rs[0]["method"], "content_weight": rs[0]["content_weight"],
-               "by_grade": rs[0]["by_grade"], "draws": sorted(r["draw"] for r in rs), "groups_per_draw": rs[0]["groups"],
+               "by_grade": rs[0]["by_grade"], "grouping": rs[0].get("grouping", "nearest"),
+               "draws": sorted(r["draw"] for r in rs), "groups_per_draw": rs[0]["groups"],
                "min_patients_per_group": min(r["min_patients_per_group"] for r in rs)}
         for m in METRICS:
             agg[m] = _mean_se([r[m] for r in rs])
@@ -825,14 +830,18 @@ def summarise_draws(args: argparse.Namespace) -> None:
     sweep_k = args.sweep_k
     ks_names = sorted({r["name"] for r in rows if r["k"] == sweep_k and r["method"] == "ksalsa" and not r["by_grade"]})
     shrunk = sorted({r["name"] for r in rows if r["k"] == sweep_k and r["method"] == "centroid" and r.get("shrink", 1.0) != 1.0})
-    paired = {s: {f"{a} - {b}": _paired(rows, sweep_k, a, b, ds) for a in ks_names + shrunk
+    same = {r["name"]: "" if r.get("grouping", "nearest") == "nearest" else f" groups={r['grouping']}" for r in rows}
+    paired = {s: {f"{a} - {b}{same[a]}": _paired(rows, sweep_k, a, b + same[a], ds) for a in ks_names + shrunk
                   for b in ("centroid", "k-same-pixel")} for s, ds in sets.items()}
     paired["all"]["ksalsa c=100 by-grade - centroid by-grade"] = _paired(rows, sweep_k, "ksalsa c=100 by-grade", "centroid by-grade", sets["all"])
     for k in sorted({r["k"] for r in rows}):
         if k != sweep_k:
             paired["all"][f"k={k}: ksalsa c=100 - centroid"] = _paired(rows, k, "ksalsa c=100", "centroid", sets["all"])
             paired["all"][f"k={k}: ksalsa c=100 - k-same-pixel"] = _paired(rows, k, "ksalsa c=100", "k-same-pixel", sets["all"])
-    choice = _choose(summary["selection"], summary["confirmation"], sweep_k, args.mia_target)
+    if args.reading_rule == "same-groups":
+        choice = _same_groups_rule(summary["all"], sweep_k, args.mia_target)
+    else:
+        choice = _choose(summary["selection"], summary["confirmation"], sweep_k, args.mia_target)
     recon_before = json.loads(Path(args.recon_before).read_text()) if args.recon_before else None
     if recon_before and (work / "inversion_cache.pt").exists():
         recon_before = {**recon_before, "comparison": _recon_comparison(recon_before, torch.load(work / "inversion_cache.pt"),
@@ -912,6 +921,34 @@ def _choose(sel: list[dict], conf: list[dict], k: int, target: float) -> dict:
     return result
 
 
+def _same_groups_rule(aggs: list[dict], k: int, target: float) -> dict:
+    """Check every k-SALSA variant against the baselines formed on the same groups, over all draws.
+
+    Rule (the seventh and eighth runs' reading rule, fixed before those runs): a k-SALSA variant at
+    ``k`` meets the must-show on these draws if its mean Lite0 membership ratio is <= ``target`` and
+    its mean FID is lower and its mean accuracy higher than both the (unshrunk) centroid and
+    k-Same-Pixel on the same grouping (nearest or random). A variant that meets it is a candidate
+    only; confirmation is a separate run.
+    """
+    table = {a["name"]: a for a in aggs if a["k"] == k and not a["by_grade"]}
+    checks = {}
+    for name, a in table.items():
+        if a["method"] != "ksalsa":
+            continue
+        suffix = "" if a["grouping"] == "nearest" else f" groups={a['grouping']}"
+        centroid, pixel = table.get("centroid" + suffix), table.get("k-same-pixel" + suffix)
+        if centroid is None or pixel is None or not (a["draws"] == centroid["draws"] == pixel["draws"]):
+            checks[name] = {"complete": False}
+            continue
+        checks[name] = {"complete": True, "mia_ratio": a["mia_ratio_to_chance"]["mean"],
+                        "mia_ok": a["mia_ratio_to_chance"]["mean"] <= target,
+                        "vs_centroid": _beats(a, centroid), "vs_k_same_pixel": _beats(a, pixel)}
+    ok = [n for n, ch in checks.items() if ch["complete"] and ch["mia_ok"] and all(ch["vs_centroid"].values())
+          and all(ch["vs_k_same_pixel"].values())]
+    return {"rule": _same_groups_rule.__doc__.split("\n\n")[1].strip(), "kind": "same-groups", "checks": checks,
+            "qualifying": ok}
+
+
 def _ms(x: dict, f: str = ".1f") -> str:
     return f"{x['mean']:{f}} ± {x['se']:{f}}"
 
@@ -982,9 +1019,24 @@ def write_draws_table(path: Path, result: dict, sweep_k: int) -> None:
                 lines.append(f"| {s} | {name} | {_ms(d['fid'])} | {_ms(d['cls_accuracy'], '.3f')} | {_ms(d['cls_qwk'], '.3f')} | "
                              f"{_ms(d['mia_ratio_to_chance'], '.2f')} | {_ms(d['mia_inception_ratio_to_chance'], '.2f')} |")
     op = result["operating_point"]
-    lines += ["", "## Operating point (k-SALSA variant) chosen on the selection draws", "", " ".join(str(op.get("rule")).split()), "",
-              f"Qualifying on selection draws: {op.get('qualifying')}; chosen: {op.get('chosen')}.",
-              f"Confirmation: {op.get('confirmation')}" if op.get("confirmation") else "", ""]
+    if op.get("kind") == "same-groups":
+        lines += ["", "## Reading rule: each k-SALSA variant against the baselines on the same groups (all draws)", "",
+                  " ".join(str(op["rule"]).split()), "",
+                  "| variant | Lite0 ratio | <= target | FID < centroid | acc > centroid | FID < k-Same-Pixel | "
+                  "acc > k-Same-Pixel | meets |", "|---|---|---|---|---|---|---|---|"]
+        yes = {True: "yes", False: "no"}
+        for name, ch in op["checks"].items():
+            if not ch["complete"]:
+                lines.append(f"| {name} | baselines on the same groups and draws missing | | | | | | |")
+                continue
+            c, p = ch["vs_centroid"], ch["vs_k_same_pixel"]
+            lines.append(f"| {name} | {ch['mia_ratio']:.2f} | {yes[ch['mia_ok']]} | {yes[c['fid']]} | {yes[c['accuracy']]} | "
+                         f"{yes[p['fid']]} | {yes[p['accuracy']]} | **{yes[name in op['qualifying']]}** |")
+        lines.append("")
+    else:
+        lines += ["", "## Operating point (k-SALSA variant) chosen on the selection draws", "", " ".join(str(op.get("rule")).split()), "",
+                  f"Qualifying on selection draws: {op.get('qualifying')}; chosen: {op.get('chosen')}.",
+                  f"Confirmation: {op.get('confirmation')}" if op.get("confirmation") else "", ""]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -1144,6 +1196,10 @@ def main() -> None:
                             "method=centroid,groups=random' (style: members, pooled or site; groups: nearest or random)")
         p.add_argument("--selection-draws", default="", help="draws used to choose the content weight (default: first half)")
         p.add_argument("--mia-target", type=float, default=1.5)
+        p.add_argument("--reading-rule", choices=("selection", "same-groups"), default="selection",
+                       help="what results.md checks: 'selection' (fourth run: choose a k-SALSA variant on the selection "
+                            "draws, confirm on the others) or 'same-groups' (runs 7-8: every k-SALSA variant against the "
+                            "centroid and k-Same-Pixel on the same grouping, all draws)")
         p.add_argument("--recon-before", default="", help="JSON of the recon stage run on the models before the fine-tune")
         p.add_argument("--recon-subset", type=int, default=12, help="images per draw in the before/after reconstruction check")
         p.add_argument("--resume", action="store_true")
