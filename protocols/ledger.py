@@ -419,8 +419,9 @@ class SiteClaim:
     @classmethod
     def from_dict(cls, d: Any) -> "SiteClaim":
         schema = d.get("schema") if isinstance(d, dict) else None
-        _check_claim_schema(schema)
-        f = _fields(d, "claim", _CLAIM_FIELDS[schema])
+        if isinstance(d, dict):  # otherwise _fields says what is wrong: not an object
+            _check_claim_schema(schema)
+        f = _fields(d, "claim", _CLAIM_FIELDS.get(schema, _CLAIM_FIELDS_V1))
         task = _TASKS.get(f["task"]) if type(f["task"]) is str else None
         if task is None:
             raise BadInputError(f"claim.task: unknown task {f['task']!r}")

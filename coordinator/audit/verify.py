@@ -145,7 +145,8 @@ class AuditResult:
                 figures = ", ".join(f"{d} {e:.4g}" for d, e in sorted(consortium.items()))
                 lines.append(f"OK: consortium epsilon (max over sites; sites hold disjoint patients): {figures}")
             for run, (rnd, digest) in sorted(run_starts(self.rows).items()):
-                start = "weights the sites initialised themselves" if digest is None else f"weights_sha256 {digest}"
+                start = f"weights_sha256 {digest}" if digest else \
+                    "weights its claims do not name (the sites initialised the model, or claims before claim schema 2)"
                 lines.append(f"OK: run {run}: round {rnd}, its first recorded training round, started from {start}")
         else:
             first = self.first_error

@@ -104,6 +104,11 @@ def test_claim_fields_are_strict(edit, rule: str) -> None:
         SiteClaim.from_dict(d)
 
 
+def test_a_claim_that_is_not_an_object_says_so() -> None:
+    with pytest.raises(BadInputError, match="claim: expected an object, got list"):
+        SiteClaim.from_dict([_claim().to_dict()])
+
+
 def test_non_dp_release_is_infinite_and_spelled_inf() -> None:
     claim = _claim(task=Task.GAN_NODP, mechanism=PlainMechanism(MechanismKind.NONE), epsilon=math.inf,
                    cumulative_epsilon=math.inf)
