@@ -119,7 +119,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"site {cfg.site_id}: {len(claims)} signed claim(s); budget max_epsilon {cfg.privacy.max_epsilon:g} "
           f"at delta {cfg.privacy.delta:g}")
     print(f"{'#':>4} {'time':<20} {'run':<16} {'rnd':>4} {'task':<14} {'dataset':<10} {'guarantee':<15} "
-          f"{'epsilon':>9} {'cumulative':>10} {'k':>4} artifacts")
+          f"{'epsilon':>9} {'cumulative':>10} {'k':>4} {'artifacts':>9} started from")
     cumulative: dict[str, float] = {}
     for signed in claims:
         c = signed.claim
@@ -127,8 +127,9 @@ def _show(args: argparse.Namespace) -> int:
         if kind in ("dp-sgd", "none"):
             cumulative[c.dataset] = max(cumulative.get(c.dataset, 0.0), c.cumulative_epsilon)
         k = "" if c.kanon is None else str(c.kanon.k)
+        start = (c.start_weights_sha256 or "")[:12]  # the model a training round started from (claim schema 2)
         print(f"{c.site_seq:>4} {c.time[:19]:<20} {c.run_id[:16]:<16} {c.round:>4} {c.task.value:<14} {c.dataset[:10]:<10} "
-              f"{kind:<15} {_fmt(c.epsilon):>9} {_fmt(c.cumulative_epsilon):>10} {k:>4} {len(c.artifacts)}")
+              f"{kind:<15} {_fmt(c.epsilon):>9} {_fmt(c.cumulative_epsilon):>10} {k:>4} {len(c.artifacts):>9} {start}")
     for dataset, eps in sorted(cumulative.items()):
         left = "" if eps == math.inf else f" ({max(0.0, cfg.privacy.max_epsilon - eps):.4f} left of {cfg.privacy.max_epsilon:g})"
         print(f"cumulative epsilon for {dataset}: {_fmt(eps)}{left}")

@@ -12,9 +12,9 @@ from agent.ledger import SiteClaimLog, claim_log_path, load_site_key, sign_claim
 from coordinator.ledger import Ledger
 from protocols import cli
 from protocols.errors import ChainError
-from protocols.ledger import KAnonRelease, MechanismKind, PlainMechanism
+from protocols.ledger import DpSgdMechanism, KAnonRelease, MechanismKind, PlainMechanism
 from protocols.signing import SigningKey
-from protocols.tasks import Task
+from protocols.tasks import PrivacyUnit, Task
 
 
 @pytest.fixture
@@ -45,13 +45,18 @@ def test_keys_create_for_a_site_and_show_its_claims(site_yaml, tmp_path, capsys,
                               dataset="fundus", mechanism=PlainMechanism(MechanismKind.K_ANONYMITY), epsilon=0.0,
                               cumulative_epsilon=0.0, kanon=KAnonRelease(5, 5, (5, 6)))
         log.record(sign_claim(claim, key))
+    dp = log.new_claim(run_id="run-2", round=1, site="hospital-a", key_id=key.key_id, task=Task.DPGAN, dataset="tof",
+                       mechanism=DpSgdMechanism(1.0, 0.05, 10, 1.0, 1e-5, PrivacyUnit.PATIENT, "opacus-prv"),
+                       epsilon=0.5, cumulative_epsilon=0.5, start_weights_sha256="ab12" * 16)
+    log.record(sign_claim(dp, key))
     ledger_path = tmp_path / "ledger.jsonl"
     with Ledger.open(ledger_path, SigningKey.generate()) as ledger:
         ledger.append_site_claim(log.claims()[0], key.public)  # the coordinator "forgets" claim 1
     capsys.readouterr()
     assert cli.main(["ledger", "show", "--config", str(site_yaml)]) == 0
     out = capsys.readouterr().out
-    assert "site hospital-a: 2 signed claim(s)" in out and out.count("k-anonymity") == 2
+    assert "site hospital-a: 3 signed claim(s)" in out and out.count("k-anonymity") == 2
+    assert "started from" in out and ("ab12" * 3) in out  # the DP claim's starting model, shortened
     assert cli.main(["ledger", "show", "--config", str(site_yaml), "--ledger", str(ledger_path)]) == ChainError.exit_code
     assert "FAIL: omitted: claim 1 of site hospital-a" in capsys.readouterr().out
 
