@@ -115,7 +115,7 @@ def _problems(env: m.Envelope, policy: EgressPolicy) -> list[str]:
         problems.append(f"body does not validate: {exc}")
     problems += _check_strings(msg, policy)
     problems += _check_metrics(env.metrics, policy)
-    problems += _check_claim(getattr(msg, "claim", None), policy)
+    problems += _check_claim(getattr(msg, "claim", None), policy, reply=msg)
     for prior in getattr(msg, "prior_claims", None) or ():
         problems += _check_claim(prior, policy)
     total = sum(a.nbytes for a in env.arrays.values())
@@ -156,8 +156,13 @@ def _check_metrics(metrics: Mapping[str, float], policy: EgressPolicy) -> list[s
     return out
 
 
-def _check_claim(claim: bytes | None, policy: EgressPolicy) -> list[str]:
-    """A claim must be a JSON object whose text fields pass the string rules (digests excepted)."""
+def _check_claim(claim: bytes | None, policy: EgressPolicy, *, reply: m.WireMessage | None = None) -> list[str]:
+    """A claim must be a JSON object whose text fields pass the string rules (digests excepted).
+
+    Digests are exempt from the string rules because they are free hex; so the digests of the
+    claim describing ``reply`` (artifact hashes, the starting model) must be those of this reply.
+    Prior claims were pinned when they first left.
+    """
     if claim is None:
         return []
     try:
@@ -173,6 +178,20 @@ def _check_claim(claim: bytes | None, policy: EgressPolicy) -> list[str]:
         rule = find_identifying_text(text, forbidden=policy.forbidden_strings)
         if rule:
             out.append(f"claim field {path!r} {rule}")
+    if reply is not None:
+        out += _check_claim_digests(parsed, reply, policy)
+    return out
+
+
+def _check_claim_digests(claim: dict, reply: m.WireMessage, policy: EgressPolicy) -> list[str]:
+    out = []
+    digest = next((getattr(reply, f) for f in sorted(_SHA_FIELDS - {"start_weights_sha256"}) if hasattr(reply, f)), None)
+    artifacts = claim.get("artifacts")
+    if isinstance(artifacts, list) and [a.get("sha256") if isinstance(a, dict) else a for a in artifacts] != [digest]:
+        out.append("claim artifacts do not name exactly the release this reply carries")
+    if isinstance(reply, m.TrainReply) and "start_weights_sha256" in claim \
+            and claim["start_weights_sha256"] != policy.start_weights_sha256:
+        out.append("claim start_weights_sha256 is not the digest of the weights the request carried")
     return out
 
 

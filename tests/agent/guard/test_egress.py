@@ -90,6 +90,34 @@ def test_start_digest_is_pinned_to_the_weights_the_request_carried() -> None:
                            _policy(start_weights_sha256=policy))
 
 
+def test_claim_digests_are_pinned_to_the_reply_and_the_request() -> None:
+    # Digests in a claim are exempt from the text rules (they are hex by design), so a claim naming
+    # another artifact or another starting model could carry 256 free bits each: both are blocked.
+    from protocols.canonical import encode
+    from protocols.ledger import GENESIS, Artifact, ArtifactKind, DpSgdMechanism, make_claim
+
+    w = _weights()
+    sent = m.weights_sha256({"generator.w": np.zeros((4, 8), np.float32), "critic.w": np.zeros(4, np.float32)})
+
+    def claim(artifact_sha: str, start: str | None) -> bytes:
+        c = make_claim(run_id="run-1", round=1, site="hospital-a", site_seq=0, site_prev=GENESIS, key_id=KEY,
+                       task=Task.DPGAN, dataset="tof",
+                       mechanism=DpSgdMechanism(1.0, 0.5, 2, 1.0, 1e-5, PrivacyUnit.PATIENT, "rdp"), epsilon=1.0,
+                       cumulative_epsilon=1.0, artifacts=(Artifact("weights-r1", ArtifactKind.WEIGHTS, artifact_sha, 10),),
+                       start_weights_sha256=start)
+        return encode(c.to_dict())
+
+    def send(c: bytes) -> None:
+        check_outgoing(m.Envelope(_train_reply(w, start_weights_sha256=sent, claim=c), w),
+                       _policy(start_weights_sha256=sent))
+
+    send(claim(m.weights_sha256(w), sent))
+    with pytest.raises(EgressBlockedError, match="claim artifacts do not name exactly"):
+        send(claim("cd" * 32, sent))
+    with pytest.raises(EgressBlockedError, match="claim start_weights_sha256 is not the digest"):
+        send(claim(m.weights_sha256(w), "ef" * 32))
+
+
 def test_weights_swapped_after_hashing_are_blocked() -> None:
     w = _weights()
     reply = _train_reply(w)
