@@ -13,7 +13,11 @@ claims. Rules, per reply kind:
   channel is a byte-exact copy of a real training patch;
 * ``ksalsa-reply``: one array ``images`` (count, H, W, 3) uint8 matching ``images_sha256``, every
   group of >= k distinct patients and k >= the site's own ``privacy.min_k``;
-* ``status-reply`` and ``refusal``: no arrays at all.
+* ``status-reply`` and ``refusal``: no arrays at all;
+* signed claims (the reply's own, catch-up and resent ones), when the policy pins the site's key
+  and claim log: one hash chain through the log's last entry; the claims it adds name the site's
+  key and carry signatures that verify. Their hashes, key id and signature are free hex/base64,
+  exempt from the text rules, so unpinned they could carry anything.
 
 A blocked message raises :class:`EgressBlockedError` and is logged with the rule it broke, never
 with its content.
@@ -34,7 +38,9 @@ import numpy as np
 
 from agent.guard.strings import find_identifying_text
 from protocols import messages as m
-from protocols.errors import EgressBlockedError, MessageSchemaError
+from protocols.errors import BadInputError, EgressBlockedError, MessageSchemaError
+from protocols.ledger import CLAIM_DOMAIN, SignedClaim
+from protocols.signing import VerifyKey
 from protocols.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,10 @@ class EgressPolicy:
     # Train replies: weights_sha256 of the weights the request carried (None: none were). A digest
     # field is 256 free bits; pinning it to the request's weights keeps it from carrying anything else.
     start_weights_sha256: str | None = None
+    # Replies with a signed claim: the site's ledger key and its claim log's last hash before the
+    # reply (None: claims are checked by the text rules only). See _check_claim_chain.
+    claim_key: VerifyKey | None = None
+    claim_log_head: str | None = None
 
     @staticmethod
     def weights_spec(weights: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -118,6 +128,7 @@ def _problems(env: m.Envelope, policy: EgressPolicy) -> list[str]:
     problems += _check_claim(getattr(msg, "claim", None), policy, reply=msg)
     for prior in getattr(msg, "prior_claims", None) or ():
         problems += _check_claim(prior, policy)
+    problems += _check_claim_chain(msg, policy)
     total = sum(a.nbytes for a in env.arrays.values())
     if total > MAX_TOTAL_ARRAY_BYTES:
         problems.append(f"arrays total {total} bytes, more than {MAX_TOTAL_ARRAY_BYTES}")
@@ -192,6 +203,41 @@ def _check_claim_digests(claim: dict, reply: m.WireMessage, policy: EgressPolicy
     if isinstance(reply, m.TrainReply) and "start_weights_sha256" in claim \
             and claim["start_weights_sha256"] != policy.start_weights_sha256:
         out.append("claim start_weights_sha256 is not the digest of the weights the request carried")
+    return out
+
+
+def _check_claim_chain(msg: m.WireMessage, policy: EgressPolicy) -> list[str]:
+    """The reply's claims (resent, catch-up, its own; oldest first) continue the site's claim log.
+
+    They must form one hash chain that passes through ``policy.claim_log_head``: the claims up to
+    it are then the log's own (each hash pins its predecessor), and those after it, which this reply
+    adds, must name ``policy.claim_key`` and verify under it. So ``site_prev``, ``key_id`` and the
+    signature, exempt from the text rules, carry nothing but what the log and the key fix.
+    """
+    own = getattr(msg, "claim", None)
+    if policy.claim_key is None or policy.claim_log_head is None or own is None:
+        return []
+    try:
+        claims = [SignedClaim.from_bytes(c) for c in (*(getattr(msg, "prior_claims", None) or ()), own)]
+    except BadInputError as exc:
+        return [f"a claim is not a valid signed claim: {exc}"]
+    hashes = [c.claim.claim_hash for c in claims]
+    if any(c.claim.site_prev != h for c, h in zip(claims[1:], hashes)):
+        return ["the claims do not form one hash chain (a site_prev is not its predecessor's hash)"]
+    if policy.claim_log_head in hashes:
+        new = claims[hashes.index(policy.claim_log_head) + 1:]
+    elif claims[0].claim.site_prev == policy.claim_log_head:
+        new = claims
+    else:
+        return ["the claims do not continue the site's claim log from its last entry"]
+    if not new:
+        return ["the reply's claim is already in the site's claim log (a reply's own claim is new)"]
+    key = policy.claim_key
+    out = []
+    if any(c.claim.key_id != key.key_id for c in new):
+        out.append("a new claim names another key than the site's ledger key")
+    if not all(key.is_valid(c.signature, domain=CLAIM_DOMAIN, payload=c.claim.canonical) for c in new):
+        out.append("a new claim's signature does not verify under the site's ledger key")
     return out
 
 

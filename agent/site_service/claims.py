@@ -107,6 +107,23 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
     return PendingClaim(new[-1].to_bytes(), commit, tuple(resent + [c.to_bytes() for c in new[:-1]]))
 
 
+def claim_pins(site: SiteConfig) -> dict[str, object]:
+    """The site's ledger key and claim-log head, for :class:`agent.guard.EgressPolicy`.
+
+    Read from the site's own key and log, not from the claim being checked, so the guard can tell
+    that the claims a reply adds continue this log under this key.
+
+    Raises
+    ------
+    BadInputError
+        If the site key is missing or cannot be loaded (a claim without one cannot be the site's).
+    """
+    from agent.ledger import SiteClaimLog, claim_log_path, load_site_key
+
+    return {"claim_key": load_site_key(site).public,
+            "claim_log_head": SiteClaimLog(claim_log_path(site.state.root)).last_hash}
+
+
 def with_resent_claims(site: SiteConfig, pending: PendingClaim | None, held: int | None) -> PendingClaim | None:
     """``pending`` with the site's logged claims from position ``held`` on as prior claims (see
     :func:`ledger_signer`); for releases whose claim is signed elsewhere (k-SALSA)."""

@@ -7,6 +7,7 @@ refusal, and a refusal whose reason the guard blocks is replaced by one with a g
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, Mapping
@@ -17,7 +18,7 @@ from agent.config import SiteConfig
 from agent.guard import EgressPolicy, check_outgoing, find_identifying_text, real_fingerprints
 from agent.guard.egress import SITE_ONLY_TASKS
 from agent.site_service import policy as site_policy
-from agent.site_service.claims import PendingClaim, require_ledger_caught_up, with_resent_claims
+from agent.site_service.claims import PendingClaim, claim_pins, require_ledger_caught_up, with_resent_claims
 from agent.site_service.engine import TrainingEngine
 from agent.site_service.state import ModelRecord, SiteState
 from protocols import errors
@@ -267,8 +268,13 @@ def _guarded(
     round_: int,
     pending: PendingClaim | None = None,
 ) -> m.Envelope:
-    """``env`` if the guard lets it pass (its claim then recorded in the site log), else a refusal."""
+    """``env`` if the guard lets it pass (its claim then recorded in the site log), else a refusal.
+
+    With a claim, the guard also pins it to the site's key and claim log (:func:`claim_pins`).
+    """
     try:
+        if pending is not None:
+            policy = dataclasses.replace(policy, **claim_pins(site))  # type: ignore[arg-type]
         check_outgoing(env, policy)
     except errors.EgressBlockedError as exc:
         return refusal(site, request, round_, exc)

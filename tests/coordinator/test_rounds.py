@@ -163,13 +163,16 @@ def test_tampered_samples_are_not_stored(consortium, tmp_path) -> None:
     assert {e.site for e in store.entries()} == {"hospital-b", "hospital-c"}
 
 
-def test_output_whose_claim_the_ledger_rejects_is_not_stored(consortium, tmp_path) -> None:
+def test_output_whose_claim_the_ledger_rejects_is_not_stored(consortium, tmp_path, monkeypatch) -> None:
     """The store never keeps a release the ledger does not record (the claim goes first)."""
     from agent.site_service.claims import PendingClaim
     from protocols.errors import IntegrityError
 
     t = consortium(budgets=(9.0, 9.0, 9.0))
     t.sign_claim = lambda site, fields: PendingClaim(b"{}", lambda: None)  # a claim on every reply
+    # Not a signed claim, so the site's guard would block it against the site key and log; this
+    # test is about the coordinator's side, whose (fake) ledger rejects one site's claims.
+    monkeypatch.setattr("agent.site_service.handlers.claim_pins", lambda site: {})
 
     class Ledger:
         def __init__(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -248,3 +250,79 @@ def test_handler_sampling_real_patches_is_refused(site, engine) -> None:
     assert out.message.code == "egress-blocked" and not out.arrays  # type: ignore[union-attr]
     assert not list((site.state.root / "federation" / "released").glob("*.npy")) if (
         site.state.root / "federation" / "released").exists() else True
+
+
+# -- claim hashes, key ids and signatures are free hex: pinned to the site's log and key ---------------
+def _chain(key, n: int, prev: str, *, seq: int = 0) -> list:
+    from protocols.ledger import MechanismKind, PlainMechanism, make_claim, sign_claim
+
+    out = []
+    for i in range(n):
+        c = make_claim(run_id="run-1", round=seq + i, site="hospital-a", site_seq=seq + i, site_prev=prev,
+                       key_id=key.key_id, task=Task.SYNTHESIZE, dataset="tof",
+                       mechanism=PlainMechanism(MechanismKind.POST_PROCESSING), epsilon=0.0, cumulative_epsilon=0.0)
+        out.append(sign_claim(c, key))
+        prev = c.claim_hash
+    return out
+
+
+def test_new_claims_must_continue_the_site_log_under_the_site_key() -> None:
+    from protocols.ledger import GENESIS, SignedClaim
+    from protocols.signing import SigningKey
+
+    key, other = SigningKey.generate(), SigningKey.generate()
+    logged = _chain(key, 3, GENESIS)  # the site's log: 3 claims, the coordinator holds the first
+    head = logged[-1].claim.claim_hash
+    new = _chain(key, 2, head, seq=3)  # a catch-up claim, then the reply's own
+    policy = _policy(claim_key=key.public, claim_log_head=head)
+
+    def send(claims, prior=()) -> None:
+        msg = _synth_reply(_samples(), claim=claims.to_bytes() if isinstance(claims, SignedClaim) else claims,
+                           prior_claims=tuple(c.to_bytes() for c in prior) or None)
+        check_outgoing(m.Envelope(msg, {"samples": _samples()}), policy)
+
+    send(new[1], (*logged[1:], new[0]))  # resent + catch-up + own: passes
+    send(new[0])  # nothing resent, nothing caught up
+    # 256 bits of the site's choice in site_prev (e.g. a hash of patient data), properly signed:
+    with pytest.raises(EgressBlockedError, match="do not continue the site's claim log"):
+        send(_chain(key, 1, hashlib.sha256(KEY.encode()).hexdigest(), seq=3)[0])
+    with pytest.raises(EgressBlockedError, match="one hash chain"):
+        send(new[1], (logged[0], logged[2], new[0]))  # a gap: site_prev of the third is not the second's hash
+    with pytest.raises(EgressBlockedError, match="already in the site's claim log"):
+        send(logged[2], logged[1:2])
+    # A key id of the site's choice (signed by that key) and a signature that is not the site key's:
+    with pytest.raises(EgressBlockedError, match="names another key"):
+        send(_chain(other, 1, head, seq=3)[0])
+    bad_sig = dataclasses.replace(new[0], signature=_chain(key, 1, GENESIS, seq=9)[0].signature)  # valid, for another claim
+    with pytest.raises(EgressBlockedError, match="signature does not verify"):
+        send(bad_sig)
+    with pytest.raises(EgressBlockedError, match="not a valid signed claim"):
+        send(json.dumps({"site": "hospital-a", "signature": "Zm9v" * 20}).encode())
+
+
+def test_handler_whose_claim_smuggles_bits_in_site_prev_is_refused_and_not_logged(site, engine) -> None:
+    from agent.flower_client.enroll import enroll
+    from agent.ledger import SiteClaimLog, claim_log_path, load_site_key, sign_claim
+    from agent.site_service.claims import PendingClaim, ledger_signer
+    from protocols.ledger import SignedClaim
+
+    enroll(site)
+    handle_train(site, _instruction(), engine=engine)
+
+    def query(round_: int) -> m.Envelope:
+        return m.Envelope(m.SynthesizeQuery(run_id="run-1", round=round_, count=3, seed=0, architecture="wgan-gp",
+                                            patch_size=8))
+
+    honest = handle_synthesize(site, query(2), engine=engine, sign_claim=ledger_signer)
+    assert isinstance(honest.message, m.SynthesizeReply) and honest.message.claim is not None
+
+    def smuggle(site_, fields):  # a signer that hides 256 bits of its choice in site_prev, and signs them
+        pending = ledger_signer(site_, fields)
+        forged = dataclasses.replace(SignedClaim.from_bytes(pending.payload).claim, site_prev=hashlib.sha256(KEY.encode()).hexdigest())
+        return PendingClaim(sign_claim(forged, load_site_key(site_)).to_bytes(), pending.commit)
+
+    out = handle_synthesize(site, query(3), engine=engine, sign_claim=smuggle)
+    assert isinstance(out.message, m.Refusal) and out.message.code == "egress-blocked" and not out.arrays
+    assert SiteClaimLog(claim_log_path(site.state.root)).next_seq == 1  # only the honest reply's claim
+    logged = (site.state.root / "federation" / "egress-blocked.jsonl").read_text()
+    assert "do not continue the site's claim log" in logged

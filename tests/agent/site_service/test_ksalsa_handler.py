@@ -89,13 +89,14 @@ def test_handler_refuses_policy_and_undersized_groups(site) -> None:
 
 
 def test_release_resends_the_claims_the_coordinator_lacks(site, monkeypatch) -> None:
-    from agent.ledger import SiteClaimLog, claim_log_path
+    from agent.ledger import SiteClaimLog, claim_log_path, site_key_path
     from agent.site_service.claims import PendingClaim
     from protocols.ledger import GENESIS, MechanismKind, PlainMechanism, make_claim, sign_claim
-    from protocols.signing import SigningKey
+    from protocols.signing import SigningKey, save_private_key
     from protocols.tasks import Task
 
     key, log = SigningKey.generate(), SiteClaimLog(claim_log_path(site.state.root))
+    save_private_key(key, site_key_path(site.state.keys, site.site_id))  # the guard pins claims to the site key
     signed, prev = [], GENESIS
     for seq in range(3):
         claim = make_claim(run_id="run-1", round=seq, site=site.site_id, site_seq=seq, site_prev=prev, key_id=key.key_id,
