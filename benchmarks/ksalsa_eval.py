@@ -528,6 +528,7 @@ class Variant:
     content_weight: float | None = None  # k-SALSA only
     by_grade: bool = False  # cluster within each grade (every output has one grade)
     shrink: float = 1.0  # psi toward the draw's mean code (k-SALSA; for the centroid: a shrunk centroid, no alignment)
+    shrink_layers: int | None = None  # shrink only the first this many (coarse) W+ entries; None: all
     content_target: str = "members"  # k-SALSA content loss against the members (published) or the start image
     style_target: str = "members"  # k-SALSA style: each member's matched patches (published), pooled or site
     grouping: str = "nearest"  # how groups are formed (agent.ksalsa.clustering): published "nearest" or "random"
@@ -539,6 +540,8 @@ class Variant:
             n += f" c={self.content_weight:g}"
         if self.shrink != 1.0:
             n += f" psi={self.shrink:g}"
+        if self.shrink_layers is not None:
+            n += f" layers={self.shrink_layers}"
         if self.content_target != "members":
             n += f" content={self.content_target}"
         if self.style_target != "members":
@@ -554,7 +557,7 @@ def _release(images: list[FundusImage], ws: torch.Tensor, variant: Variant, k: i
     from agent.ksalsa.style_alignment import StepTimes
 
     settings = AlignmentSettings(steps=args.steps, content_weight=variant.content_weight or PUBLISHED_CONTENT,
-                                 style_weight=args.style_weight, shrink=variant.shrink,
+                                 style_weight=args.style_weight, shrink=variant.shrink, shrink_layers=variant.shrink_layers,
                                  content_target=variant.content_target, style_target=variant.style_target)
     method = variant.method
     if method is Method.CENTROID and variant.shrink != 1.0:
@@ -590,7 +593,8 @@ def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
                      for p in [1.0] + psis if (p, t) != (1.0, "members")]
         variants += [_parse_variant(spec) for spec in args.extra_variants.split(";") if spec.strip()]
         for v in variants:  # fail before hours of work on a bad option
-            AlignmentSettings(shrink=v.shrink, content_target=v.content_target, style_target=v.style_target)
+            AlignmentSettings(shrink=v.shrink, shrink_layers=v.shrink_layers, content_target=v.content_target,
+                              style_target=v.style_target)
         return [(args.sweep_k, variants)]
     cws = [float(c) for c in args.content_weights.split(",")]
     out = [(args.sweep_k, [Variant(Method.KSALSA, c) for c in cws] + base)]
@@ -603,15 +607,16 @@ def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
 
 
 def _parse_variant(spec: str) -> Variant:
-    """A variant from ``key=value`` pairs joined by ``,``: method (default ksalsa), c, psi, content, style,
-    groups (others default; c, content and style are k-SALSA's)."""
-    fields = {"method": Method.KSALSA.value, "c": PUBLISHED_CONTENT, "psi": 1.0, "content": "members", "style": "members",
-              "groups": "nearest"}
+    """A variant from ``key=value`` pairs joined by ``,``: method (default ksalsa), c, psi, layers (the
+    first W+ entries psi applies to), content, style, groups (others default; c, content and style are
+    k-SALSA's)."""
+    fields = {"method": Method.KSALSA.value, "c": PUBLISHED_CONTENT, "psi": 1.0, "layers": None, "content": "members",
+              "style": "members", "groups": "nearest"}
     for part in spec.split(","):
         key, _, value = part.strip().partition("=")
         if key not in fields or not value:
             raise SystemExit(f"--extra-variants: bad item {part!r} in {spec!r} (keys: {', '.join(fields)})")
-        fields[key] = float(value) if key in ("c", "psi") else value
+        fields[key] = float(value) if key in ("c", "psi") else int(value) if key == "layers" else value
     try:
         method = Method(fields["method"])
     except ValueError:
@@ -621,7 +626,10 @@ def _parse_variant(spec: str) -> Variant:
     aligned = method is Method.KSALSA
     if not aligned and (fields["content"], fields["style"]) != ("members", "members"):
         raise SystemExit(f"--extra-variants: content and style apply to k-SALSA only ({spec!r})")
+    if fields["layers"] is not None and fields["psi"] == 1.0:
+        raise SystemExit(f"--extra-variants: layers needs psi < 1 in {spec!r}")
     return Variant(method, float(fields["c"]) if aligned else None, shrink=float(fields["psi"]),
+                   shrink_layers=fields["layers"],  # type: ignore[arg-type]
                    content_target=str(fields["content"]), style_target=str(fields["style"]), grouping=str(fields["groups"]))
 
 
@@ -719,7 +727,7 @@ def draws(args: argparse.Namespace) -> None:
                 row = {
                     "draw": d, "k": k, "name": variant.name, "method": variant.method.value,
                     "content_weight": variant.content_weight, "by_grade": variant.by_grade,
-                    "shrink": variant.shrink, "content_target": variant.content_target, "style_target": variant.style_target,
+                    "shrink": variant.shrink, "shrink_layers": variant.shrink_layers, "content_target": variant.content_target, "style_target": variant.style_target,
                     "grouping": variant.grouping,
                     "groups": len(groups), "min_patients_per_group": min(len({site_keys[idx[i]] for i in g}) for g in groups),
                     "fid": fid(synth_inc, held_inc), "fid_real_same_n": fid(site_inc[idx[pick]], held_inc),

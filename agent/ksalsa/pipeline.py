@@ -169,7 +169,8 @@ def make_averages(
             # Site-wide mean over all N >= k patients (patient-weighted like the group means), so a
             # shrunk start still derives from >= k patients and carries less of its own group.
             anchor = (ws * pw.view(-1, 1, 1)).sum(dim=0, keepdim=True)  # type: ignore[operator]
-            log.info("k-SALSA starts shrunk toward the site mean of %d patients (psi=%g)", len(set(keys)), settings.shrink)
+            log.info("k-SALSA starts shrunk toward the site mean of %d patients (psi=%g, W+ layers: %s)",
+                     len(set(keys)), settings.shrink, "all" if settings.shrink_layers is None else f"first {settings.shrink_layers}")
         if settings.style_target == "site":
             # The same population and weights as the anchor; once per release, the same for every group.
             site_grams = site_style_grams(inverter.generator, ws, pw.tolist(), aligner)  # type: ignore[union-attr,arg-type]

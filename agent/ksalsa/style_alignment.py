@@ -31,7 +31,9 @@ keep the published method):
 * ``shrink`` (psi < 1): the start code is pulled toward the site-wide mean code ``w_site`` (the
   patient-weighted mean over all N >= k patients of the release), ``w' = w_site + psi * (w_group -
   w_site)``. Every output still derives from the group's >= k patients (plus the whole site's mean),
-  but the features that set the group apart, and so its members, are damped.
+  but the features that set the group apart, and so its members, are damped. ``shrink_layers = L``
+  damps only the first L (coarse) W+ entries, like StyleGAN's truncation cutoff: the layout is
+  pulled toward the site's, the finer layers keep the group's own code.
 * ``content_target="start"``: the content loss is measured against the start image ``G(w')``
   (the group's, possibly shrunk, centroid) instead of each member's reconstruction, so the members
   enter the optimisation only through their patch style statistics and the mean code.
@@ -87,6 +89,7 @@ class AlignmentSettings:
     style_layer: int = 0  # earliest map
     feature_size: int | None = None  # resize images to this edge before the feature network (None: as is)
     shrink: float = 1.0  # psi: start from w_site + psi * (w_group - w_site); 1 = the published group mean
+    shrink_layers: int | None = None  # shrink only the first this many (coarse) W+ entries; None: all
     content_target: str = "members"  # "members" (published) or "start": the start image's own features
     style_target: str = "members"  # "members" (published), "pooled" (members' mean Gram per grid position) or
     #                                "site" (mean Gram per position over every patient of the release)
@@ -97,6 +100,8 @@ class AlignmentSettings:
         # psi > 1 would extrapolate away from the site mean, i.e. amplify what is member-specific.
         if not 0.0 <= self.shrink <= 1.0:
             raise BadInputError(f"alignment settings: shrink (psi) must be in [0, 1], got {self.shrink}")
+        if self.shrink_layers is not None and self.shrink_layers < 1:
+            raise BadInputError(f"alignment settings: shrink_layers must be >= 1 (or None for all), got {self.shrink_layers}")
         if self.content_target not in CONTENT_TARGETS:
             raise BadInputError(f"alignment settings: content_target must be one of {CONTENT_TARGETS}, "
                                 f"got {self.content_target!r}")
@@ -241,13 +246,23 @@ def group_targets(G: Generator, member_ws: torch.Tensor, weights: Sequence[float
     return GroupTargets(F.normalize(content.flatten(1), dim=-1), keys, grams, w, content_w)
 
 
-def shrink_toward(group_ws: torch.Tensor, anchor: torch.Tensor, psi: float) -> torch.Tensor:
-    """``anchor + psi * (group_ws - anchor)``: psi = 1 keeps the group code, psi = 0 gives the anchor."""
+def shrink_toward(group_ws: torch.Tensor, anchor: torch.Tensor, psi: float, layers: int | None = None) -> torch.Tensor:
+    """``anchor + psi * (group_ws - anchor)``: psi = 1 keeps the group code, psi = 0 gives the anchor.
+
+    With ``layers`` only the first ``layers`` W+ entries (the coarse ones) are shrunk; the rest keep
+    ``group_ws``.
+    """
     if not 0.0 <= psi <= 1.0:
         raise BadInputError(f"shrink (psi) must be in [0, 1], got {psi}")
     if anchor.shape[-2:] != group_ws.shape[-2:]:
         raise BadInputError(f"anchor: expected a W+ code shaped like {tuple(group_ws.shape[-2:])}, got {tuple(anchor.shape)}")
-    return anchor + psi * (group_ws - anchor)
+    num_ws = group_ws.shape[-2]
+    if layers is not None and not 1 <= layers <= num_ws:
+        raise BadInputError(f"shrink layers: expected 1..{num_ws} (the generator's W+ entries), got {layers}")
+    shrunk = anchor + psi * (group_ws - anchor)
+    if layers is None or layers == num_ws:
+        return shrunk
+    return torch.cat([shrunk[..., :layers, :], group_ws[..., layers:, :]], dim=-2)
 
 
 def alignment_loss(image: torch.Tensor, targets: GroupTargets, features: AlignmentFeatures
@@ -300,7 +315,7 @@ def align_group(G: Generator, member_ws: torch.Tensor, weights: Sequence[float],
     if start is None:
         start = (member_ws * _normalised(weights, member_ws).view(-1, 1, 1)).sum(dim=0, keepdim=True)
     if s.shrink != 1.0:
-        start = shrink_toward(start, anchor.to(start.device, start.dtype), s.shrink)  # type: ignore[union-attr]
+        start = shrink_toward(start, anchor.to(start.device, start.dtype), s.shrink, s.shrink_layers)  # type: ignore[union-attr]
     grad_state = [p.requires_grad for p in G.parameters()]
     G.requires_grad_(False)
     try:

@@ -95,6 +95,8 @@ def test_privacy_options_are_validated() -> None:
             AlignmentSettings(shrink=bad)
     with pytest.raises(BadInputError, match="content_target"):
         AlignmentSettings(content_target="centroid")
+    with pytest.raises(BadInputError, match="shrink_layers"):
+        AlignmentSettings(shrink=0.5, shrink_layers=0)
     assert AlignmentSettings().shrink == 1.0 and AlignmentSettings().content_target == "members"
 
 
@@ -115,6 +117,22 @@ def test_shrink_starts_between_the_site_mean_and_the_group_mean(tiny_generator: 
         assert torch.allclose(result.ws, psi * centroid, atol=1e-6)
         with torch.no_grad():
             assert torch.allclose(result.image, tiny_generator.synthesis(psi * centroid, noise_mode="const"), atol=1e-5)
+
+
+def test_layer_shrink_damps_only_the_coarse_entries(tiny_generator: nn.Module, lite0: nn.Module,
+                                                    member_codes: torch.Tensor) -> None:
+    anchor = torch.zeros(1, *member_codes.shape[1:])
+    centroid = member_codes.mean(dim=0, keepdim=True)
+    settings = AlignmentSettings(steps=0, shrink=0.5, shrink_layers=2)
+    result = align_group(tiny_generator, member_codes, [0.2] * 5, AlignmentFeatures(lite0, settings), anchor=anchor)
+    assert torch.allclose(result.ws[:, :2], 0.5 * centroid[:, :2], atol=1e-6)
+    assert torch.allclose(result.ws[:, 2:], centroid[:, 2:], atol=1e-6)
+    full = AlignmentSettings(steps=0, shrink=0.5, shrink_layers=member_codes.shape[1])  # every entry: plain shrink
+    result = align_group(tiny_generator, member_codes, [0.2] * 5, AlignmentFeatures(lite0, full), anchor=anchor)
+    assert torch.allclose(result.ws, 0.5 * centroid, atol=1e-6)
+    too_many = AlignmentSettings(steps=0, shrink=0.5, shrink_layers=member_codes.shape[1] + 1)
+    with pytest.raises(BadInputError, match="shrink layers"):
+        align_group(tiny_generator, member_codes, [0.2] * 5, AlignmentFeatures(lite0, too_many), anchor=anchor)
 
 
 def test_content_target_start_uses_only_the_start_image(tiny_generator: nn.Module, lite0: nn.Module,
