@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -348,7 +349,7 @@ def evaluate(args: argparse.Namespace) -> None:
 def _write_all(out: Path, args: argparse.Namespace, work: Path, data: Data, site_keys: list[str], reference: dict,
                rows: list[dict]) -> None:
     meta = {
-        "command": " ".join(["OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ksalsa_eval.py", *sys.argv[1:]]),
+        "command": _command_line(),
         "train": json.loads((work / "models" / "train.json").read_text()) if (work / "models" / "train.json").exists() else None,
         "site_images": len(data.site), "site_patients": len(set(site_keys)), "heldout_images": len(data.heldout),
         "resolution": RESOLUTION, "alignment_steps": args.steps,
@@ -460,6 +461,12 @@ BASELINES = (Method.CENTROID, Method.K_SAME_PIXEL, Method.K_SAME_EIGEN)
 
 def _patient_number(key: str) -> int:
     return int(key.rsplit("-p", 1)[1])
+
+
+def _command_line() -> str:
+    """This process's command line, shell-quoted, with the thread count it really ran with."""
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    return f"OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/ksalsa_eval.py {shlex.join(sys.argv[1:])}"
 
 
 def _psnr(recon: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -757,7 +764,7 @@ def draws(args: argparse.Namespace) -> None:
                     np.savez(fh, **store)
                 write_text_atomic(rows_path, json.dumps(rows, indent=1))
     meta = {
-        "command": " ".join(["OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ksalsa_eval.py", *sys.argv[1:]]),
+        "command": _command_line(),
         "train": json.loads((work / "models" / "train.json").read_text()),
         "site_images": len(data.site), "site_patients": len(set(site_keys)), "draws": n_draws,
         "draw_patients": args.draw_patients, "heldout_images": len(data.heldout), "resolution": RESOLUTION,
