@@ -633,8 +633,6 @@ def _parse_variant(spec: str) -> Variant:
     aligned = method is Method.KSALSA
     if not aligned and (fields["content"], fields["style"]) != ("members", "members"):
         raise SystemExit(f"--extra-variants: content and style apply to k-SALSA only ({spec!r})")
-    if fields["layers"] is not None and fields["psi"] == 1.0:
-        raise SystemExit(f"--extra-variants: layers needs psi < 1 in {spec!r}")
     return Variant(method, float(fields["c"]) if aligned else None, shrink=float(fields["psi"]),
                    shrink_layers=fields["layers"],  # type: ignore[arg-type]
                    content_target=str(fields["content"]), style_target=str(fields["style"]), grouping=str(fields["groups"]))

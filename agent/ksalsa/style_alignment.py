@@ -100,8 +100,9 @@ class AlignmentSettings:
         # psi > 1 would extrapolate away from the site mean, i.e. amplify what is member-specific.
         if not 0.0 <= self.shrink <= 1.0:
             raise BadInputError(f"alignment settings: shrink (psi) must be in [0, 1], got {self.shrink}")
-        if self.shrink_layers is not None and self.shrink_layers < 1:
-            raise BadInputError(f"alignment settings: shrink_layers must be >= 1 (or None for all), got {self.shrink_layers}")
+        if self.shrink_layers is not None and (self.shrink_layers < 1 or self.shrink == 1.0):
+            raise BadInputError(f"alignment settings: shrink_layers must be >= 1 (or None for all) and needs shrink < 1, "
+                                f"got shrink_layers={self.shrink_layers}, shrink={self.shrink}")
         if self.content_target not in CONTENT_TARGETS:
             raise BadInputError(f"alignment settings: content_target must be one of {CONTENT_TARGETS}, "
                                 f"got {self.content_target!r}")

@@ -97,6 +97,8 @@ def test_privacy_options_are_validated() -> None:
         AlignmentSettings(content_target="centroid")
     with pytest.raises(BadInputError, match="shrink_layers"):
         AlignmentSettings(shrink=0.5, shrink_layers=0)
+    with pytest.raises(BadInputError, match="needs shrink < 1"):  # would silently do nothing
+        AlignmentSettings(shrink_layers=4)
     assert AlignmentSettings().shrink == 1.0 and AlignmentSettings().content_target == "members"
 
 
