@@ -4,7 +4,7 @@ Every reply the ClientApp sends passes :func:`check_outgoing` first; anything el
 logged (reason only, never the content) and replaced by a structured refusal.
 """
 
-from agent.guard.egress import EgressPolicy, check_outgoing, real_fingerprints
+from agent.guard.egress import ClaimPins, EgressPolicy, check_outgoing, real_fingerprints
 from agent.guard.strings import find_identifying_text
 
-__all__ = ["EgressPolicy", "check_outgoing", "find_identifying_text", "real_fingerprints"]
+__all__ = ["ClaimPins", "EgressPolicy", "check_outgoing", "find_identifying_text", "real_fingerprints"]

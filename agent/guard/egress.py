@@ -15,9 +15,10 @@ claims. Rules, per reply kind:
   group of >= k distinct patients and k >= the site's own ``privacy.min_k``;
 * ``status-reply`` and ``refusal``: no arrays at all;
 * signed claims (the reply's own, catch-up and resent ones), when the policy pins the site's key
-  and claim log: one hash chain through the log's last entry; the claims it adds name the site's
-  key and carry signatures that verify. Their hashes, key id and signature are free hex/base64,
-  exempt from the text rules, so unpinned they could carry anything.
+  and claim log (:class:`ClaimPins`): resent claims are byte for byte entries of the site's log;
+  the claims a reply adds continue the log from its last entry, name the site's key and carry
+  exactly the signature the site's key gives them. Their hashes, key id and signature are free
+  hex/base64, exempt from the text rules, so unpinned they could carry anything.
 
 A blocked message raises :class:`EgressBlockedError` and is logged with the rule it broke, never
 with its content.
@@ -40,7 +41,7 @@ from agent.guard.strings import find_identifying_text
 from protocols import messages as m
 from protocols.errors import BadInputError, EgressBlockedError, MessageSchemaError
 from protocols.ledger import CLAIM_DOMAIN, SignedClaim
-from protocols.signing import VerifyKey
+from protocols.signing import SigningKey
 from protocols.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -74,15 +75,34 @@ class EgressPolicy:
     # Train replies: weights_sha256 of the weights the request carried (None: none were). A digest
     # field is 256 free bits; pinning it to the request's weights keeps it from carrying anything else.
     start_weights_sha256: str | None = None
-    # Replies with a signed claim: the site's ledger key and its claim log's last hash before the
-    # reply (None: claims are checked by the text rules only). See _check_claim_chain.
-    claim_key: VerifyKey | None = None
-    claim_log_head: str | None = None
+    # Replies with signed claims: the site's key and claim log before the reply (None: claims are
+    # checked by the text rules only). See _check_claim_chain.
+    claim_pins: "ClaimPins | None" = None
 
     @staticmethod
     def weights_spec(weights: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
         """The (shape, dtype) spec of a reference weight dict (e.g. ``agent.models.initial_weights``)."""
         return {k: (tuple(v.shape), str(v.dtype)) for k, v in weights.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimPins:
+    """What a site's claims may be: built from the site's own key and claim log, never from a reply.
+
+    ``logged`` holds the sha256 of every logged claim's canonical bytes, ``log_head`` the last
+    logged claim's hash (``protocols.ledger.GENESIS`` for an empty log). The guard holds the
+    signing key because Ed25519 signs deterministically (RFC 8032): re-signing a claim and comparing
+    is the only check that also pins the signature's nonce half, 256 bits a signer could choose.
+    """
+
+    key: SigningKey
+    log_head: str
+    logged: frozenset[str]
+
+    @staticmethod
+    def digest(claim: bytes) -> str:
+        """The digest ``logged`` holds for a claim's canonical bytes."""
+        return hashlib.sha256(claim).hexdigest()
 
 
 def real_fingerprints(images: np.ndarray) -> frozenset[str]:
@@ -207,37 +227,46 @@ def _check_claim_digests(claim: dict, reply: m.WireMessage, policy: EgressPolicy
 
 
 def _check_claim_chain(msg: m.WireMessage, policy: EgressPolicy) -> list[str]:
-    """The reply's claims (resent, catch-up, its own; oldest first) continue the site's claim log.
+    """The reply's claims (resent, catch-up, its own; oldest first) are the site's log and its continuation.
 
-    They must form one hash chain that passes through ``policy.claim_log_head``: the claims up to
-    it are then the log's own (each hash pins its predecessor), and those after it, which this reply
-    adds, must name ``policy.claim_key`` and verify under it. So ``site_prev``, ``key_id`` and the
-    signature, exempt from the text rules, carry nothing but what the log and the key fix.
+    With ``policy.claim_pins``: claims that are in the site's log (byte for byte) come first; the
+    rest, which this reply adds, continue the log from its last entry as one hash chain, name the
+    site's key and carry the signature that key gives them. A reply's own claim is one it adds; a
+    reply without one (a refusal) may only resend logged claims. So nothing in ``site_prev``,
+    ``key_id`` or a signature, exempt from the text rules, is of the site's (or a bug's) choosing.
     """
+    pins = policy.claim_pins
     own = getattr(msg, "claim", None)
-    if policy.claim_key is None or policy.claim_log_head is None or own is None:
+    raw = [*(getattr(msg, "prior_claims", None) or ()), *(() if own is None else (own,))]
+    if pins is None or not raw:
         return []
     try:
-        claims = [SignedClaim.from_bytes(c) for c in (*(getattr(msg, "prior_claims", None) or ()), own)]
+        claims = [SignedClaim.from_bytes(c) for c in raw]
     except BadInputError as exc:
         return [f"a claim is not a valid signed claim: {exc}"]
     hashes = [c.claim.claim_hash for c in claims]
     if any(c.claim.site_prev != h for c, h in zip(claims[1:], hashes)):
         return ["the claims do not form one hash chain (a site_prev is not its predecessor's hash)"]
-    if policy.claim_log_head in hashes:
-        new = claims[hashes.index(policy.claim_log_head) + 1:]
-    elif claims[0].claim.site_prev == policy.claim_log_head:
-        new = claims
-    else:
-        return ["the claims do not continue the site's claim log from its last entry"]
-    if not new:
+    in_log = [ClaimPins.digest(c) in pins.logged for c in raw]
+    old = in_log.index(False) if False in in_log else len(in_log)
+    new = claims[old:]
+    if own is not None and in_log[-1]:
         return ["the reply's claim is already in the site's claim log (a reply's own claim is new)"]
-    key = policy.claim_key
+    if new and new[0].claim.site_seq < len(pins.logged):
+        return [f"claim {new[0].claim.site_seq} differs from the site's logged claim (a resent claim is resent byte for byte)"]
+    if any(in_log[old:]):
+        return ["a claim of the site's log follows a new claim"]
+    if new and own is None:
+        return ["a reply without its own claim may only resend claims of the site's log"]
+    if new and new[0].claim.site_prev != pins.log_head:
+        return ["the claims do not continue the site's claim log from its last entry"]
+    if [c.claim.site_seq for c in new] != list(range(len(pins.logged), len(pins.logged) + len(new))):
+        return ["the new claims do not carry the next sequence numbers of the site's claim log"]
     out = []
-    if any(c.claim.key_id != key.key_id for c in new):
+    if any(c.claim.key_id != pins.key.key_id for c in new):
         out.append("a new claim names another key than the site's ledger key")
-    if not all(key.is_valid(c.signature, domain=CLAIM_DOMAIN, payload=c.claim.canonical) for c in new):
-        out.append("a new claim's signature does not verify under the site's ledger key")
+    elif any(c.signature != pins.key.sign(domain=CLAIM_DOMAIN, payload=c.claim.canonical) for c in new):
+        out.append("a new claim's signature is not the one the site's ledger key gives it")
     return out
 
 

@@ -17,6 +17,7 @@ from protocols.errors import LedgerBehindError
 from protocols.tasks import PrivacyUnit, Task
 
 if TYPE_CHECKING:
+    from agent.guard import ClaimPins
     from agent.ledger import SiteClaimLog
     from protocols.ledger import DpSgdMechanism, SignedClaim
 
@@ -107,21 +108,23 @@ def ledger_signer(site: SiteConfig, fields: Mapping[str, object]) -> PendingClai
     return PendingClaim(new[-1].to_bytes(), commit, tuple(resent + [c.to_bytes() for c in new[:-1]]))
 
 
-def claim_pins(site: SiteConfig) -> dict[str, object]:
-    """The site's ledger key and claim-log head, for :class:`agent.guard.EgressPolicy`.
+def claim_pins(site: SiteConfig) -> "ClaimPins":
+    """The site's ledger key and claim log, for :class:`agent.guard.EgressPolicy`.
 
-    Read from the site's own key and log, not from the claim being checked, so the guard can tell
-    that the claims a reply adds continue this log under this key.
+    Read from the site's own key and log, not from the claims being checked, so the guard can tell
+    that resent claims are the log's and that the claims a reply adds continue it under this key.
 
     Raises
     ------
     BadInputError
         If the site key is missing or cannot be loaded (a claim without one cannot be the site's).
     """
+    from agent.guard import ClaimPins
     from agent.ledger import SiteClaimLog, claim_log_path, load_site_key
 
-    return {"claim_key": load_site_key(site).public,
-            "claim_log_head": SiteClaimLog(claim_log_path(site.state.root)).last_hash}
+    claim_log = SiteClaimLog(claim_log_path(site.state.root))
+    return ClaimPins(load_site_key(site), claim_log.last_hash,
+                     frozenset(ClaimPins.digest(c.to_bytes()) for c in claim_log.claims()))
 
 
 def with_resent_claims(site: SiteConfig, pending: PendingClaim | None, held: int | None) -> PendingClaim | None:

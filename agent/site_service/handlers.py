@@ -244,9 +244,14 @@ def refusal(site: SiteConfig, request: m.WireMessage, round_: int, exc: BaseExce
         prior_claims=(exc.resend or None) if isinstance(exc, errors.LedgerBehindError) else None,
     )
     try:
-        check_outgoing(m.Envelope(msg), EgressPolicy(blocked_log=SiteState(site).blocked_log))
+        policy = EgressPolicy(blocked_log=SiteState(site).blocked_log)
+        if msg.prior_claims:  # resent claims leave only as the site's log holds them
+            policy = dataclasses.replace(policy, claim_pins=claim_pins(site))
+        check_outgoing(m.Envelope(msg), policy)
         return m.Envelope(msg)
-    except errors.EgressBlockedError:
+    except (errors.EgressBlockedError, errors.BadInputError) as exc:
+        if isinstance(exc, errors.BadInputError):  # the guard logs its own blocks
+            log.warning("refusal withheld: its resent claims cannot be checked without the site key (%s)", exc)
         return m.Envelope(m.Refusal(
             run_id=run_id if _safe(run_id) else "unknown", round=int(round_), site_id=site.site_id,
             request_kind=request.KIND, code=code, exit_code=exit_code, reason=_WITHHELD, epsilon_cumulative=None,
@@ -274,7 +279,7 @@ def _guarded(
     """
     try:
         if pending is not None:
-            policy = dataclasses.replace(policy, **claim_pins(site))  # type: ignore[arg-type]
+            policy = dataclasses.replace(policy, claim_pins=claim_pins(site))
         check_outgoing(env, policy)
     except errors.EgressBlockedError as exc:
         return refusal(site, request, round_, exc)

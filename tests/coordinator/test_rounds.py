@@ -172,7 +172,7 @@ def test_output_whose_claim_the_ledger_rejects_is_not_stored(consortium, tmp_pat
     t.sign_claim = lambda site, fields: PendingClaim(b"{}", lambda: None)  # a claim on every reply
     # Not a signed claim, so the site's guard would block it against the site key and log; this
     # test is about the coordinator's side, whose (fake) ledger rejects one site's claims.
-    monkeypatch.setattr("agent.site_service.handlers.claim_pins", lambda site: {})
+    monkeypatch.setattr("agent.site_service.handlers.claim_pins", lambda site: None)
 
     class Ledger:
         def __init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -9,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from agent.guard import EgressPolicy, check_outgoing, find_identifying_text, real_fingerprints
+from agent.guard import ClaimPins, EgressPolicy, check_outgoing, find_identifying_text, real_fingerprints
 from agent.site_service import handle_synthesize, handle_train
 from agent.site_service.engine import RoundOutcome
 from protocols import messages as m
@@ -266,6 +267,13 @@ def _chain(key, n: int, prev: str, *, seq: int = 0) -> list:
     return out
 
 
+def _pins(key, logged) -> ClaimPins:
+    from protocols.ledger import GENESIS
+
+    return ClaimPins(key, logged[-1].claim.claim_hash if logged else GENESIS,
+                     frozenset(ClaimPins.digest(c.to_bytes()) for c in logged))
+
+
 def test_new_claims_must_continue_the_site_log_under_the_site_key() -> None:
     from protocols.ledger import GENESIS, SignedClaim
     from protocols.signing import SigningKey
@@ -274,7 +282,7 @@ def test_new_claims_must_continue_the_site_log_under_the_site_key() -> None:
     logged = _chain(key, 3, GENESIS)  # the site's log: 3 claims, the coordinator holds the first
     head = logged[-1].claim.claim_hash
     new = _chain(key, 2, head, seq=3)  # a catch-up claim, then the reply's own
-    policy = _policy(claim_key=key.public, claim_log_head=head)
+    policy = _policy(claim_pins=_pins(key, logged))
 
     def send(claims, prior=()) -> None:
         msg = _synth_reply(_samples(), claim=claims.to_bytes() if isinstance(claims, SignedClaim) else claims,
@@ -283,6 +291,8 @@ def test_new_claims_must_continue_the_site_log_under_the_site_key() -> None:
 
     send(new[1], (*logged[1:], new[0]))  # resent + catch-up + own: passes
     send(new[0])  # nothing resent, nothing caught up
+    check_outgoing(m.Envelope(_synth_reply(_samples(), claim=_chain(key, 1, GENESIS)[0].to_bytes()),
+                              {"samples": _samples()}), _policy(claim_pins=_pins(key, [])))  # a site's first claim
     # 256 bits of the site's choice in site_prev (e.g. a hash of patient data), properly signed:
     with pytest.raises(EgressBlockedError, match="do not continue the site's claim log"):
         send(_chain(key, 1, hashlib.sha256(KEY.encode()).hexdigest(), seq=3)[0])
@@ -290,14 +300,96 @@ def test_new_claims_must_continue_the_site_log_under_the_site_key() -> None:
         send(new[1], (logged[0], logged[2], new[0]))  # a gap: site_prev of the third is not the second's hash
     with pytest.raises(EgressBlockedError, match="already in the site's claim log"):
         send(logged[2], logged[1:2])
+    # A sequence number of the site's choice (an int is as free as a hex field):
+    with pytest.raises(EgressBlockedError, match="next sequence numbers"):
+        send(_chain(key, 1, head, seq=3 + 2**40)[0])
     # A key id of the site's choice (signed by that key) and a signature that is not the site key's:
     with pytest.raises(EgressBlockedError, match="names another key"):
         send(_chain(other, 1, head, seq=3)[0])
     bad_sig = dataclasses.replace(new[0], signature=_chain(key, 1, GENESIS, seq=9)[0].signature)  # valid, for another claim
-    with pytest.raises(EgressBlockedError, match="signature does not verify"):
+    with pytest.raises(EgressBlockedError, match="signature is not the one"):
         send(bad_sig)
     with pytest.raises(EgressBlockedError, match="not a valid signed claim"):
         send(json.dumps({"site": "hospital-a", "signature": "Zm9v" * 20}).encode())
+
+
+def test_resent_claims_must_be_the_logged_claims_byte_for_byte() -> None:
+    # A resent claim keeps its hash when only its signature changes (the hash covers the claim),
+    # so the chain alone would let 512 bits of the sender's choice ride on every resent claim.
+    from protocols.ledger import GENESIS
+    from protocols.signing import SigningKey
+
+    key = SigningKey.generate()
+    logged = _chain(key, 3, GENESIS)
+    own = _chain(key, 1, logged[-1].claim.claim_hash, seq=3)[0]
+    policy = _policy(claim_pins=_pins(key, logged))
+    smuggled = dataclasses.replace(logged[1], signature=base64.b64encode(hashlib.sha512(KEY.encode()).digest()).decode())
+    with pytest.raises(EgressBlockedError, match="claim 1 differs from the site's logged claim"):
+        check_outgoing(m.Envelope(_synth_reply(_samples(), claim=own.to_bytes(),
+                                               prior_claims=(smuggled.to_bytes(), logged[2].to_bytes())),
+                                  {"samples": _samples()}), policy)
+
+    def refusal(prior) -> m.Envelope:
+        return m.Envelope(m.Refusal(run_id="run-1", round=3, site_id="hospital-a", request_kind="train-instruction",
+                                    code=m.LEDGER_BEHIND, exit_code=3, reason="the ledger is behind",
+                                    epsilon_cumulative=None, prior_claims=tuple(c.to_bytes() for c in prior)))
+
+    check_outgoing(refusal(logged[:2]), policy)  # a ledger-behind refusal resends the oldest missing claims
+    with pytest.raises(EgressBlockedError, match="claim 1 differs"):
+        check_outgoing(refusal([logged[0], smuggled]), policy)
+    with pytest.raises(EgressBlockedError, match="may only resend claims of the site's log"):
+        check_outgoing(refusal([*logged, own]), policy)  # a new claim without a reply of its own
+
+
+def _sign_with_nonce(key, message: bytes, r: int) -> str:
+    """An Ed25519 signature of ``message`` by ``key`` with the nonce ``r`` (RFC 8032 derives r from the
+    key and message; any r gives a signature that verifies). Textbook curve arithmetic, tests only."""
+    p, order = 2**255 - 19, 2**252 + 27742317777372353535851937790883648493
+    d = -121665 * pow(121666, -1, p) % p
+    base = (15112221349535400772501151409588531511454012693041857206046113283949847762202,
+            46316835694926478169428394003475163141307993866256225615783033603165251855960)
+
+    def add(a, b):
+        (x1, y1), (x2, y2) = a, b
+        t = d * x1 * x2 * y1 * y2 % p
+        return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, p) % p, (y1 * y2 + x1 * x2) * pow(1 - t, -1, p) % p)
+
+    def mul(n, pt):
+        out = (0, 1)
+        while n:
+            out, pt, n = (add(out, pt) if n & 1 else out), add(pt, pt), n >> 1
+        return out
+
+    def enc(pt) -> bytes:
+        return (pt[1] | (pt[0] & 1) << 255).to_bytes(32, "little")
+
+    h = hashlib.sha512(key._key.private_bytes_raw()).digest()
+    a = int.from_bytes(h[:32], "little") & ~7 & ((1 << 254) - 1) | 1 << 254
+    big_r = enc(mul(r % order, base))
+    k = int.from_bytes(hashlib.sha512(big_r + enc(mul(a, base)) + message).digest(), "little") % order
+    return base64.b64encode(big_r + ((r + k * a) % order).to_bytes(32, "little")).decode()
+
+
+def test_a_valid_signature_with_a_chosen_nonce_is_blocked() -> None:
+    # Half of an Ed25519 signature is R = rB for a nonce r; a signer free to pick r sends 256 bits
+    # that verify. The site signs deterministically, so the guard re-signs and compares.
+    from protocols.canonical import tagged
+    from protocols.ledger import CLAIM_DOMAIN, GENESIS
+    from protocols.signing import SigningKey
+
+    key = SigningKey.generate()
+    own = _chain(key, 1, GENESIS)[0]
+    message = tagged(CLAIM_DOMAIN, own.claim.canonical)
+    prefix = hashlib.sha512(key._key.private_bytes_raw()).digest()[32:]
+    honest_r = int.from_bytes(hashlib.sha512(prefix + message).digest(), "little")
+    assert _sign_with_nonce(key, message, honest_r) == own.signature  # the helper is RFC 8032 Ed25519
+    chosen = dataclasses.replace(own, signature=_sign_with_nonce(key, message, int.from_bytes(KEY.encode(), "big")))
+    assert chosen.signature != own.signature
+    assert key.public.is_valid(chosen.signature, domain=CLAIM_DOMAIN, payload=own.claim.canonical)
+    policy = _policy(claim_pins=_pins(key, []))
+    check_outgoing(m.Envelope(_synth_reply(_samples(), claim=own.to_bytes()), {"samples": _samples()}), policy)
+    with pytest.raises(EgressBlockedError, match="signature is not the one the site's ledger key gives"):
+        check_outgoing(m.Envelope(_synth_reply(_samples(), claim=chosen.to_bytes()), {"samples": _samples()}), policy)
 
 
 def test_handler_whose_claim_smuggles_bits_in_site_prev_is_refused_and_not_logged(site, engine) -> None:
@@ -326,3 +418,29 @@ def test_handler_whose_claim_smuggles_bits_in_site_prev_is_refused_and_not_logge
     assert SiteClaimLog(claim_log_path(site.state.root)).next_seq == 1  # only the honest reply's claim
     logged = (site.state.root / "federation" / "egress-blocked.jsonl").read_text()
     assert "do not continue the site's claim log" in logged
+
+
+def test_ledger_behind_refusal_with_a_tampered_resent_claim_goes_out_without_claims(site, engine, monkeypatch) -> None:
+    from agent.flower_client.enroll import enroll
+    from agent.ledger import SiteClaimLog, claim_log_path
+    from agent.site_service.claims import ledger_signer
+    from protocols.errors import LedgerBehindError
+
+    enroll(site)
+    handle_train(site, _instruction(), engine=engine)
+    query = m.Envelope(m.SynthesizeQuery(run_id="run-1", round=2, count=3, seed=0, architecture="wgan-gp", patch_size=8))
+    assert handle_synthesize(site, query, engine=engine, sign_claim=ledger_signer).message.claim is not None
+    (logged,) = SiteClaimLog(claim_log_path(site.state.root)).claims()
+
+    def behind(resend):
+        def check(site_, held):
+            raise LedgerBehindError("the coordinator's ledger is behind", resend)
+        monkeypatch.setattr("agent.site_service.handlers.require_ledger_caught_up", check)
+        return handle_synthesize(site, query, engine=engine, sign_claim=ledger_signer).message
+
+    honest = behind((logged.to_bytes(),))
+    assert isinstance(honest, m.Refusal) and honest.code == m.LEDGER_BEHIND and honest.prior_claims == (logged.to_bytes(),)
+    tampered = dataclasses.replace(logged, signature=base64.b64encode(hashlib.sha512(KEY.encode()).digest()).decode())
+    out = behind((tampered.to_bytes(),))
+    assert isinstance(out, m.Refusal) and out.code == m.LEDGER_BEHIND and out.prior_claims is None
+    assert "claim 0 differs from the site's logged claim" in (site.state.root / "federation" / "egress-blocked.jsonl").read_text()
