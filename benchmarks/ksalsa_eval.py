@@ -623,7 +623,10 @@ def _parse_variant(spec: str) -> Variant:
         key, _, value = part.strip().partition("=")
         if key not in fields or not value:
             raise SystemExit(f"--extra-variants: bad item {part!r} in {spec!r} (keys: {', '.join(fields)})")
-        fields[key] = float(value) if key in ("c", "psi") else int(value) if key == "layers" else value
+        try:
+            fields[key] = float(value) if key in ("c", "psi") else int(value) if key == "layers" else value
+        except ValueError:
+            raise SystemExit(f"--extra-variants: {key} must be a number, got {value!r} in {spec!r}") from None
     try:
         method = Method(fields["method"])
     except ValueError:
