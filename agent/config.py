@@ -18,6 +18,7 @@ Example (see ``deploy/examples/site-a.yaml``)::
       min_k: 5
       min_patients: 3
       accepted_tasks: [dpgan, synthesize]
+      ksalsa_groups: nearest   # or random (k-SALSA groups; see PrivacyPolicy)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from agent.ksalsa.clustering import GROUPINGS
 from protocols.errors import ConfigError
 from protocols.tasks import PrivacyUnit, Task
 
@@ -197,6 +199,9 @@ class PrivacyPolicy:
     min_k: int = RECOMMENDED_MIN_K
     min_patients: int = 3
     accepted_tasks: frozenset[Task] = frozenset({Task.DPGAN, Task.SYNTHESIZE})
+    # How k-SALSA forms its groups: "nearest" (published: similar patients, so an average resembles
+    # its members) or "random" (a shuffle with the site's secret seed; less membership leakage).
+    ksalsa_groups: str = "nearest"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +234,7 @@ class SiteConfig:
             f"  max_epsilon: {p.max_epsilon}  delta: {p.delta:g}  unit: {p.unit.value}",
             f"  min_k: {p.min_k}  min_patients: {p.min_patients}",
             f"  accepted_tasks: {tasks}",
+            f"  ksalsa_groups: {p.ksalsa_groups}",
         ]
         return "\n".join(lines)
 
@@ -304,7 +310,8 @@ def _reject_duplicate_pacs_names(sources: tuple[FolderSource | PacsSource, ...])
 
 
 def _parse_privacy(m: Mapping[str, Any]) -> PrivacyPolicy:
-    _reject_unknown(m, {"max_epsilon", "delta", "unit", "min_k", "min_patients", "accepted_tasks"}, "privacy.")
+    _reject_unknown(m, {"max_epsilon", "delta", "unit", "min_k", "min_patients", "accepted_tasks", "ksalsa_groups"},
+                    "privacy.")
     max_eps = _number(_required(m, "max_epsilon", "privacy."), "privacy.max_epsilon")
     if not 0 < max_eps < float("inf"):
         raise ConfigError(f"privacy.max_epsilon: expected a finite number > 0, got {max_eps}")
@@ -327,7 +334,10 @@ def _parse_privacy(m: Mapping[str, Any]) -> PrivacyPolicy:
             raise ConfigError(
                 f"privacy.accepted_tasks[{i}]: unknown task {t!r}; known: {[x.value for x in Task]}"
             ) from exc
-    policy = PrivacyPolicy(max_eps, delta, unit, min_k, min_patients, frozenset(tasks))
+    groups = m.get("ksalsa_groups", "nearest")
+    if groups not in GROUPINGS:
+        raise ConfigError(f"privacy.ksalsa_groups: expected one of {list(GROUPINGS)}, got {groups!r}")
+    policy = PrivacyPolicy(max_eps, delta, unit, min_k, min_patients, frozenset(tasks), groups)
     _warn_relaxed(policy)
     return policy
 

@@ -35,7 +35,7 @@ def fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
+def atomic_write(path: Path, *, mode: int | None = None, exclusive: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary file whose content atomically replaces ``path`` when the block succeeds.
 
     Parameters
@@ -45,12 +45,16 @@ def atomic_write(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
     mode
         Permission bits (e.g. ``0o600``) applied to the temp file *before* any data is written,
         so a key file is never readable by others, even briefly. ``None`` keeps mkstemp's 0600.
+    exclusive
+        Create ``path`` only if it does not exist (a hard link instead of a rename, so of two
+        writers racing for a new file exactly one wins and the other gets FileExistsError).
 
     Raises
     ------
     OSError
-        When the folder cannot be written. On any exception inside the block the temp file is
-        removed, ``path`` is left untouched and the exception propagates.
+        When the folder cannot be written; FileExistsError when ``exclusive`` and ``path`` exists.
+        On any exception inside the block the temp file is removed, ``path`` is left untouched and
+        the exception propagates.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,16 +67,20 @@ def atomic_write(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Atomically replace ``path`` with ``data`` (see :func:`atomic_write`)."""
-    with atomic_write(path, mode=mode) as fh:
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int | None = None, exclusive: bool = False) -> None:
+    """Atomically replace (``exclusive``: create) ``path`` with ``data`` (see :func:`atomic_write`)."""
+    with atomic_write(path, mode=mode, exclusive=exclusive) as fh:
         fh.write(data)
 
 

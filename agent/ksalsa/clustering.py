@@ -64,6 +64,7 @@ class Clustering:
     k: int
     groups: tuple[Group, ...]
     num_images: int
+    grouping: str = "nearest"  # how the groups were formed (one of GROUPINGS)
 
     @property
     def patient_counts(self) -> tuple[int, ...]:
@@ -167,6 +168,7 @@ def cluster_by_patient(latents: np.ndarray, patient_keys: Sequence[str], *, k: i
             for g in groups
         ),
         num_images=n,
+        grouping=grouping,
     )
     result.check()
     log.info("clustered %d images of %d patients into %d groups (k=%d, %s)", n, num_patients, len(groups), k, grouping)

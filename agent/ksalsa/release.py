@@ -55,6 +55,13 @@ class KsalsaRelease:
     images: tuple[ReleasedImage, ...]
     images_sha256: str  # sha256 of the canonical (G, H, W, 3) uint8 array (protocols.messages)
     images_size: int
+    grouping: str = "nearest"  # how the groups were formed (agent.ksalsa.clustering.GROUPINGS)
+
+    @property
+    def guarantee(self) -> str:
+        """What the release promises, in words (manifest and reply)."""
+        return (f"k-anonymity: every image averages >= {self.k} distinct patients"
+                + ("; groups drawn at random, not by similarity" if self.grouping == "random" else ""))
 
     @property
     def cluster_sizes(self) -> tuple[int, ...]:
@@ -149,10 +156,10 @@ def write_release(
         ))
     release = KsalsaRelease(
         folder=out_dir, k=k, min_k=min_k, method=method, images=tuple(released),
-        images_sha256=array_sha256(images), images_size=len(canonical_array_bytes(images)),
+        images_sha256=array_sha256(images), images_size=len(canonical_array_bytes(images)), grouping=clustering.grouping,
     )
     _write_manifest(release, site_id=site_id)
-    log.info("released %d k-SALSA images (k=%d, method %s)", len(released), k, method)
+    log.info("released %d k-SALSA images (k=%d, method %s, %s groups)", len(released), k, method, clustering.grouping)
     return release
 
 
@@ -161,8 +168,8 @@ def _write_manifest(release: KsalsaRelease, *, site_id: str) -> None:
 
     body = {
         "task": Task.KSALSA.value, "site_id": site_id, "method": release.method, "k": release.k,
-        "min_k": release.min_k, "images_sha256": release.images_sha256,
-        "guarantee": f"k-anonymity: every image averages >= {release.k} distinct patients",
+        "min_k": release.min_k, "images_sha256": release.images_sha256, "grouping": release.grouping,
+        "guarantee": release.guarantee,
         "images": [dataclasses.asdict(i) for i in release.images],
     }
     write_text_atomic(release.folder / MANIFEST_NAME, json.dumps(body, indent=2, sort_keys=True) + "\n")

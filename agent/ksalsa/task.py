@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 10_000
+GROUPING_SEED_NAME = "ksalsa-grouping.seed"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -97,7 +98,7 @@ class KsalsaOutcome:
             "run_id": request.run_id, "round": request.round, "site_id": site_id, "k": r.k, "min_k": r.min_k,
             "method": r.method, "count": len(r.images), "cluster_sizes": list(r.cluster_sizes),
             "majority_grades": [i.majority_grade for i in r.images], "images_sha256": r.images_sha256,
-            "guarantee": f"k-anonymity: every image averages >= {r.k} distinct patients",
+            "guarantee": r.guarantee,
         }
 
 
@@ -147,8 +148,10 @@ def run_ksalsa_task(site: SiteConfig, request: KsalsaRequest, *, images: Sequenc
         inverter, features = load_models(models or SiteModels.default(site), device=device)
     from agent.ksalsa.style_alignment import AlignmentSettings
 
+    grouping = site.privacy.ksalsa_groups
     averages = make_averages(images, method=request.method, k=request.k, inverter=inverter, features=features,
-                             settings=AlignmentSettings(steps=request.steps))
+                             settings=AlignmentSettings(steps=request.steps), grouping=grouping,
+                             grouping_seed=grouping_seed(site) if grouping == "random" else 0)
     refuse_copies(averages.images, images)
     out_dir = site.state.outputs / "ksalsa" / f"{request.run_id}-r{request.round}"
     release = write_release(
@@ -159,6 +162,35 @@ def run_ksalsa_task(site: SiteConfig, request: KsalsaRequest, *, images: Sequenc
     claim = sign_kanon_claim(site, release, run_id=request.run_id, round=request.round,
                              dataset=request.dataset_id) if sign else None
     return KsalsaOutcome(averages.images, release, claim)
+
+
+def grouping_seed(site: SiteConfig) -> int:
+    """The site's secret seed for random k-SALSA groups, created on first use and kept with its keys.
+
+    Secret, so nobody outside the site can redo the shuffle; fixed, so releases of the same data
+    group the same patients together (two releases grouped differently could be intersected).
+
+    Raises
+    ------
+    BadInputError
+        If the seed file exists but is not a seed (it is never replaced silently).
+    """
+    import secrets
+
+    from protocols.atomic_files import write_bytes_atomic
+
+    path = site.state.keys / GROUPING_SEED_NAME
+    if not path.exists():
+        try:  # exclusive: of two first releases racing, both use the seed that was written first
+            write_bytes_atomic(path, f"{secrets.randbits(128)}\n".encode(), mode=0o600, exclusive=True)
+            log.info("created the site's secret seed for random k-SALSA groups (%s)", path.name)
+        except FileExistsError:
+            pass
+    text = path.read_text().strip()
+    if not text.isdigit():
+        raise BadInputError(f"{path.name} in the site's keys folder is not a seed; restore it from the site's backup "
+                            "(a new seed would group the same patients differently from earlier releases)")
+    return int(text)
 
 
 def refuse_copies(outputs: np.ndarray, images: Sequence[FundusImage]) -> None:

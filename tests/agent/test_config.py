@@ -47,6 +47,7 @@ def test_valid_config_resolves_paths_and_defaults(tmp_path: Path) -> None:
         ({"privacy": {"max_epsilon": 8, "delta": 1e-5, "min_k": 1}}, "privacy.min_k"),
         ({"privacy": {"max_epsilon": 8, "delta": 1e-5, "accepted_tasks": ["raw-export"]}}, r"accepted_tasks\[0\]"),
         ({"privacy": {"delta": 1e-5}}, "privacy.max_epsilon: required"),
+        ({"privacy": {"max_epsilon": 8, "delta": 1e-5, "ksalsa_groups": "kmeans"}}, r"privacy.ksalsa_groups: expected one of"),
         ({"ingest": {"follow_symlinks": "yes"}}, "ingest.follow_symlinks"),
         ({"typo_key": 1}, "typo_key: unknown key"),
     ],

@@ -70,3 +70,12 @@ def test_folder_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     write_bytes_atomic(tmp_path / "f", b"data")
     assert len(calls) == 2  # the file and the folder
     assert folder_fsyncs == [tmp_path]
+
+
+def test_exclusive_write_never_replaces_an_existing_file(tmp_path: Path) -> None:
+    target = tmp_path / "seed"
+    write_bytes_atomic(target, b"first", exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_bytes_atomic(target, b"second", exclusive=True)
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed"]  # no temp file left behind

@@ -108,3 +108,35 @@ def test_malformed_requests_are_refused(fields, match) -> None:
     base = {"run_id": "run-1", "round": 0, "k": 5}
     with pytest.raises(BadInputError, match=match):
         KsalsaRequest(**{**base, **fields})
+
+
+def test_random_groups_use_the_site_secret_seed_and_say_so(site_factory, tiny_fundus) -> None:
+    """privacy.ksalsa_groups=random: groups from a shuffle with a seed created once (0600, with the
+    keys) and reused, so a second release groups the same patients together; the release says so."""
+    import json
+    import stat
+
+    from agent.ksalsa.clustering import cluster_by_patient
+    from agent.ksalsa.release import MANIFEST_NAME
+    from agent.ksalsa.task import GROUPING_SEED_NAME, grouping_seed
+
+    site = site_factory(ksalsa_groups="random")
+    request = KsalsaRequest("run-5", 0, k=3, method=Method.K_SAME_PIXEL)
+    first = run_ksalsa_task(site, request, images=tiny_fundus, sign=False)
+    seed_file = site.state.keys / GROUPING_SEED_NAME
+    assert stat.S_IMODE(seed_file.stat().st_mode) == 0o600
+    keys = [im.patient_key for im in tiny_fundus]
+    expected = cluster_by_patient(np.zeros((len(keys), 1)), keys, k=3, grouping="random", seed=grouping_seed(site))
+    manifest = json.loads((first.release.folder / MANIFEST_NAME).read_text())
+    assert manifest["grouping"] == "random" and "at random" in manifest["guarantee"]
+    assert "at random" in first.reply_fields(site.site_id, request)["guarantee"]
+    nearest = run_ksalsa_task(site_factory(), dataclasses.replace(request, run_id="run-nearest"), images=tiny_fundus,
+                              sign=False).images
+    assert not np.array_equal(first.images, nearest)  # the shuffle, not the similarity clustering, made the groups
+    again = run_ksalsa_task(site, dataclasses.replace(request, run_id="run-6"), images=tiny_fundus, sign=False)
+    assert np.array_equal(first.images, again.images)
+    assert list(first.release.cluster_sizes) == list(expected.patient_counts)
+    seed_file.write_text("not a seed\n")
+    with pytest.raises(BadInputError, match="not a seed"):
+        run_ksalsa_task(site, request, images=tiny_fundus, sign=False)
+    assert seed_file.read_text() == "not a seed\n"  # never replaced silently
