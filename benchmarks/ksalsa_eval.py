@@ -464,7 +464,8 @@ def _patient_number(key: str) -> int:
 
 
 def _command_line() -> str:
-    """This process's command line, shell-quoted, with the thread count it really ran with."""
+    """This process's command line, shell-quoted, with the OMP_NUM_THREADS it was started with (torch
+    itself runs on one thread whatever that says: ``main`` sets it; results record ``torch_threads``)."""
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     return f"OMP_NUM_THREADS={threads} .venv/bin/python benchmarks/ksalsa_eval.py {shlex.join(sys.argv[1:])}"
 
@@ -977,7 +978,8 @@ def write_draws_table(path: Path, result: dict, sweep_k: int) -> None:
         lines += [f"Site: {meta['site_images']} images of {meta['site_patients']} patients in {meta['draws']} disjoint "
                   f"draws of {meta['draw_patients']} patients (each clustered, released and attacked on its own); "
                   f"held-out real: {meta['heldout_images']} images of other patients; alignment steps {meta['alignment_steps']}; "
-                  f"{meta['cpus']} CPUs shared (load average at the end {meta['load_average_at_end'][0]:.1f}); "
+                  f"{meta['torch_threads']} torch thread(s), {meta['cpus']} CPUs shared (load average at the end "
+                  f"{meta['load_average_at_end'][0]:.1f}); "
                   f"finished {meta['time_utc']}.", "",
                   f"Selection draws {result['sets']['selection']}, confirmation draws {result['sets']['confirmation']}. "
                   "Figures are mean ± standard error over draws; 'pooled' = one FID / one classifier over all draws' outputs.", ""]
