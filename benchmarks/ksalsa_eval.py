@@ -50,7 +50,7 @@ from agent.ksalsa.release import majority_grade  # noqa: E402
 from agent.ksalsa.style_alignment import AlignmentSettings  # noqa: E402
 from agent.phantoms.in_memory import fundus_images  # noqa: E402
 from agent.records import FundusImage  # noqa: E402
-from protocols.atomic_files import atomic_write, write_text_atomic  # noqa: E402
+from protocols.atomic_files import atomic_write, write_json_atomic, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("ksalsa_eval")
 
@@ -540,6 +540,7 @@ class Variant:
     content_target: str = "members"  # k-SALSA content loss against the members (published) or the start image
     style_target: str = "members"  # k-SALSA style: each member's matched patches (published), pooled or site
     grouping: str = "nearest"  # how groups are formed (agent.ksalsa.clustering): published "nearest" or "random"
+    style_weight: float | None = None  # k-SALSA style weight; None: --style-weight (published 1e-6)
 
     @property
     def name(self) -> str:
@@ -554,6 +555,8 @@ class Variant:
             n += f" content={self.content_target}"
         if self.style_target != "members":
             n += f" style={self.style_target}"
+        if self.style_weight is not None:
+            n += f" sw={self.style_weight:g}"
         if self.grouping != "nearest":
             n += f" groups={self.grouping}"
         return n + (" by-grade" if self.by_grade else "")
@@ -565,7 +568,8 @@ def _release(images: list[FundusImage], ws: torch.Tensor, variant: Variant, k: i
     from agent.ksalsa.style_alignment import StepTimes
 
     settings = AlignmentSettings(steps=args.steps, content_weight=variant.content_weight or PUBLISHED_CONTENT,
-                                 style_weight=args.style_weight, shrink=variant.shrink, shrink_layers=variant.shrink_layers,
+                                 style_weight=args.style_weight if variant.style_weight is None else variant.style_weight,
+                                 shrink=variant.shrink, shrink_layers=variant.shrink_layers,
                                  content_target=variant.content_target, style_target=variant.style_target)
     method = variant.method
     if method is Method.CENTROID and variant.shrink != 1.0:
@@ -596,7 +600,8 @@ def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
     if args.privacy_sweep:
         psis = [float(x) for x in args.shrink_psis.split(",") if x]
         targets = [t for t in args.content_targets.split(",") if t]
-        variants = [Variant(Method.KSALSA, PUBLISHED_CONTENT)] + base + [Variant(Method.CENTROID, shrink=p) for p in psis]
+        variants = [] if args.only_extra else [Variant(Method.KSALSA, PUBLISHED_CONTENT)] + base
+        variants += [Variant(Method.CENTROID, shrink=p) for p in psis]
         variants += [Variant(Method.KSALSA, PUBLISHED_CONTENT, shrink=p, content_target=t) for t in targets
                      for p in [1.0] + psis if (p, t) != (1.0, "members")]
         variants += [_parse_variant(spec) for spec in args.extra_variants.split(";") if spec.strip()]
@@ -616,16 +621,16 @@ def _passes(args: argparse.Namespace) -> list[tuple[int, list[Variant]]]:
 
 def _parse_variant(spec: str) -> Variant:
     """A variant from ``key=value`` pairs joined by ``,``: method (default ksalsa), c, psi, layers (the
-    first W+ entries psi applies to), content, style, groups (others default; c, content and style are
-    k-SALSA's)."""
+    first W+ entries psi applies to), content, style, sw (style weight), groups (others default; c,
+    content, style and sw are k-SALSA's)."""
     fields = {"method": Method.KSALSA.value, "c": PUBLISHED_CONTENT, "psi": 1.0, "layers": None, "content": "members",
-              "style": "members", "groups": "nearest"}
+              "style": "members", "groups": "nearest", "sw": None}
     for part in spec.split(","):
         key, _, value = part.strip().partition("=")
         if key not in fields or not value:
             raise SystemExit(f"--extra-variants: bad item {part!r} in {spec!r} (keys: {', '.join(fields)})")
         try:
-            fields[key] = float(value) if key in ("c", "psi") else int(value) if key == "layers" else value
+            fields[key] = float(value) if key in ("c", "psi", "sw") else int(value) if key == "layers" else value
         except ValueError:
             raise SystemExit(f"--extra-variants: {key} must be a number, got {value!r} in {spec!r}") from None
     try:
@@ -635,11 +640,12 @@ def _parse_variant(spec: str) -> Variant:
     if fields["groups"] not in GROUPINGS:
         raise SystemExit(f"--extra-variants: groups must be one of {GROUPINGS}, got {fields['groups']!r} in {spec!r}")
     aligned = method is Method.KSALSA
-    if not aligned and (fields["content"], fields["style"]) != ("members", "members"):
-        raise SystemExit(f"--extra-variants: content and style apply to k-SALSA only ({spec!r})")
+    if not aligned and ((fields["content"], fields["style"]) != ("members", "members") or fields["sw"] is not None):
+        raise SystemExit(f"--extra-variants: content, style and sw apply to k-SALSA only ({spec!r})")
     return Variant(method, float(fields["c"]) if aligned else None, shrink=float(fields["psi"]),
                    shrink_layers=fields["layers"],  # type: ignore[arg-type]
-                   content_target=str(fields["content"]), style_target=str(fields["style"]), grouping=str(fields["groups"]))
+                   content_target=str(fields["content"]), style_target=str(fields["style"]), grouping=str(fields["groups"]),
+                   style_weight=fields["sw"])  # type: ignore[arg-type]
 
 
 def draws(args: argparse.Namespace) -> None:
@@ -873,6 +879,82 @@ def summarise_draws(args: argparse.Namespace) -> None:
         plot_privacy_frontier(out / "mia_vs_fid.png", summary["all"], sweep_k, args.mia_target)
     if (work / "site_rgb.npy").exists():
         grid_draws(out / "grid.png", np.load(work / "site_rgb.npy"), np.load(work / "recon_rgb.npy"), store, rows, sweep_k)
+
+
+POOLED_METRICS = ("fid", "cls_accuracy", "cls_qwk", "mia_ratio_to_chance", "mia_inception_ratio_to_chance")
+
+
+def pool_groupings(args: argparse.Namespace) -> None:
+    """Pool ``draws`` runs that differ only in ``--grouping-seed``: each random-group variant's figures
+    are averaged over the groupings within each draw, then mean ± SE over draws (and paired
+    differences against the random-group centroid and k-Same-Pixel on the same groupings).
+
+    Averaging over groupings first removes most of the noise of one random grouping from the
+    per-draw figures; the SE over draws is what is left.
+
+    Rule (the tenth run's, fixed before it): a k-SALSA variant meets the must-show if its mean Lite0
+    membership ratio is <= ``--mia-target`` and its FID is lower and its accuracy higher than both
+    the random-group centroid and random-group k-Same-Pixel, each of these four paired differences
+    resolved (|mean| >= 2 SE). Right direction without resolution is reported as "on the means".
+    """
+    runs = [json.loads((Path(d) / "results.json").read_text()) for d in args.runs.split(",")]
+    k, target = args.sweep_k, args.mia_target
+    suffix = " groups=random"
+    names = [n for n in dict.fromkeys(r["name"] for r in runs[0]["rows"] if r["k"] == k) if n.endswith(suffix)]
+    draws_ = sorted({r["draw"] for r in runs[0]["rows"]})
+    seed_mean: dict[str, dict[int, dict[str, float]]] = {}
+    for name in names:
+        by_draw = {}
+        for d in draws_:
+            rs = [r for run in runs for r in run["rows"] if r["k"] == k and r["name"] == name and r["draw"] == d]
+            if len(rs) != len(runs):
+                raise SystemExit(f"pool: {name!r} draw {d} is in {len(rs)} of {len(runs)} runs; pool complete runs only")
+            by_draw[d] = {m: float(np.mean([r[m] for r in rs])) for m in POOLED_METRICS}
+        seed_mean[name] = by_draw
+    summary = {n: {m: _mean_se([seed_mean[n][d][m] for d in draws_]) for m in POOLED_METRICS} for n in names}
+    paired, checks = {}, {}
+    for a in (n for n in names if n.startswith(Method.KSALSA.value)):
+        checks[a] = {"mia_ratio": summary[a]["mia_ratio_to_chance"]["mean"]}
+        checks[a]["mia_ok"] = checks[a]["mia_ratio"] <= target
+        for b in ("centroid" + suffix, "k-same-pixel" + suffix):
+            if b not in seed_mean:
+                raise SystemExit(f"pool: the baseline {b!r} is missing")
+            d = {m: _mean_se([seed_mean[a][x][m] - seed_mean[b][x][m] for x in draws_]) for m in POOLED_METRICS}
+            paired[f"{a} - {b}"] = d
+            for m, better in (("fid", -1), ("cls_accuracy", 1)):
+                right = better * d[m]["mean"] > 0
+                checks[a][f"{m} vs {b}"] = ("resolved" if right and abs(d[m]["mean"]) >= 2 * d[m]["se"] else
+                                            "on the mean" if right else "no")
+        quality = [v for key, v in checks[a].items() if " vs " in key]
+        checks[a]["meets"] = (checks[a]["mia_ok"] and all(v == "resolved" for v in quality))
+        checks[a]["meets_on_the_means"] = checks[a]["mia_ok"] and all(v != "no" for v in quality)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"runs": args.runs.split(","), "commands": [(run.get("meta") or {}).get("command") for run in runs],
+              "k": k, "draws": draws_, "rule": " ".join(pool_groupings.__doc__.split("\n\n")[2].split()),
+              "summary": summary, "paired": paired, "checks": checks, "per_draw_grouping_means": seed_mean}
+    write_json_atomic(out / "results.json", result, indent=1, trailing_newline=True)
+    lines = [f"# k-SALSA, k={k}: random-group variants pooled over {len(runs)} groupings", "",
+             "Runs (one grouping seed each): " + ", ".join(f"`{c}`" for c in result["commands"]), "",
+             f"Figures: per draw the mean over the {len(runs)} groupings, then mean ± SE over draws {draws_}.", "",
+             "| variant | FID | accuracy | QWK | MIA Lite0 | MIA Inception |", "|---|---|---|---|---|---|"]
+    for n in names:
+        a = summary[n]
+        lines.append(f"| {n} | {_ms(a['fid'])} | {_ms(a['cls_accuracy'], '.3f')} | {_ms(a['cls_qwk'], '.3f')} | "
+                     f"{_ms(a['mia_ratio_to_chance'], '.2f')} | {_ms(a['mia_inception_ratio_to_chance'], '.2f')} |")
+    lines += ["", "| comparison | ΔFID | Δaccuracy | ΔQWK | ΔMIA Lite0 | ΔMIA Inception |", "|---|---|---|---|---|---|"]
+    for name, d in paired.items():
+        lines.append(f"| {name} | {_ms(d['fid'])} | {_ms(d['cls_accuracy'], '.3f')} | {_ms(d['cls_qwk'], '.3f')} | "
+                     f"{_ms(d['mia_ratio_to_chance'], '.2f')} | {_ms(d['mia_inception_ratio_to_chance'], '.2f')} |")
+    lines += ["", "## Rule", "", result["rule"], "", "| variant | Lite0 | <= target | " +
+              " | ".join(key for key in next(iter(checks.values())) if " vs " in key) + " | meets | on the means |",
+              "|---|---|---|---|---|---|---|---|---|"] if checks else []
+    for a, ch in checks.items():
+        lines.append(f"| {a} | {ch['mia_ratio']:.2f} | {'yes' if ch['mia_ok'] else 'no'} | " +
+                     " | ".join(v for key, v in ch.items() if " vs " in key) +
+                     f" | **{'yes' if ch['meets'] else 'no'}** | {'yes' if ch['meets_on_the_means'] else 'no'} |")
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
+    log.info("pooled %d runs into %s", len(runs), out)
 
 
 def _recon_comparison(before: dict, cache: dict, data: Data, draw_patients: int, work: Path) -> dict:
@@ -1212,6 +1294,9 @@ def main() -> None:
         p.add_argument("--extra-variants", default="",
                        help="more variants for the privacy sweep, ';'-separated, e.g. 'style=pooled;psi=0.6,content=start,style=site;"
                             "method=centroid,groups=random' (style: members, pooled or site; groups: nearest or random)")
+        p.add_argument("--only-extra", action="store_true",
+                       help="privacy sweep without the published k-SALSA and the latent-group baselines (when another "
+                            "run with the same models has them)")
         p.add_argument("--selection-draws", default="", help="draws used to choose the content weight (default: first half)")
         p.add_argument("--mia-target", type=float, default=1.5)
         p.add_argument("--reading-rule", choices=("selection", "same-groups"), default="selection",
@@ -1225,6 +1310,11 @@ def main() -> None:
                        help="seed of the patient shuffle of 'groups=random' variants (the same in every draw and method, "
                             "so methods are compared on the same groups)")
         p.add_argument("--out-json", default="/tmp/ks3/recon.json")
+    pool = sub.add_parser("pool", help="pool draws runs that differ only in --grouping-seed (random-group variants)")
+    pool.add_argument("--runs", required=True, help="comma-separated --out folders of the draws runs")
+    pool.add_argument("--out", required=True)
+    pool.add_argument("--sweep-k", type=int, default=5)
+    pool.add_argument("--mia-target", type=float, default=1.5)
     replot = sub.add_parser("plot", help="redraw metrics_vs_k.png from results.json")
     replot.add_argument("--out", default="benchmarks/results/ksalsa")
     args = ap.parse_args()
@@ -1238,6 +1328,8 @@ def main() -> None:
         summarise_draws(args)
     elif args.stage == "recon":
         recon_check(args)
+    elif args.stage == "pool":
+        pool_groupings(args)
     else:
         evaluate(args)
 
