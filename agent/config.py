@@ -34,8 +34,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from agent.ksalsa.clustering import GROUPINGS
 from protocols.errors import ConfigError
+from protocols.messages import KSALSA_GROUPINGS
 from protocols.tasks import PrivacyUnit, Task
 
 log = logging.getLogger(__name__)
@@ -335,8 +335,8 @@ def _parse_privacy(m: Mapping[str, Any]) -> PrivacyPolicy:
                 f"privacy.accepted_tasks[{i}]: unknown task {t!r}; known: {[x.value for x in Task]}"
             ) from exc
     groups = m.get("ksalsa_groups", "nearest")
-    if groups not in GROUPINGS:
-        raise ConfigError(f"privacy.ksalsa_groups: expected one of {list(GROUPINGS)}, got {groups!r}")
+    if groups not in KSALSA_GROUPINGS:
+        raise ConfigError(f"privacy.ksalsa_groups: expected one of {list(KSALSA_GROUPINGS)}, got {groups!r}")
     policy = PrivacyPolicy(max_eps, delta, unit, min_k, min_patients, frozenset(tasks), groups)
     _warn_relaxed(policy)
     return policy

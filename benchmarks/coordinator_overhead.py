@@ -70,7 +70,7 @@ class SimulatedSites:
         msg = env.message
         if isinstance(msg, m.StatusQuery):
             return m.Envelope(m.StatusReply(site_id=site, accepted_tasks=("dpgan", "synthesize"), max_epsilon=10.0,
-                                            delta=1e-5, unit=PrivacyUnit.PATIENT, min_patients=3, epsilon_spent=0.0,
+                                            delta=1e-5, unit=PrivacyUnit.PATIENT, min_patients=3, min_k=5, ksalsa_groups="nearest", epsilon_spent=0.0,
                                             num_patients=6, agent_version="bench"))
         if isinstance(msg, m.TrainInstruction):
             weights = {k: (v + self.rng.normal(0, 1e-3, v.shape)).astype(np.float32) for k, v in env.arrays.items()}

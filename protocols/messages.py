@@ -39,7 +39,9 @@ SCHEMA_NAME = "anonfed.messages"
 #    ahead of the ledger than one reply can carry sends its earlier claims instead of working).
 # 4: a train reply states the digest of the weights its round started from (start_weights_sha256;
 #    null when the site initialised the model from the round's seed); the site signs it in its claim.
-SCHEMA_VERSION = 4
+# 5: a status reply states the site's k-SALSA policy (min_k, ksalsa_groups), so a coordinator can
+#    see before a release round which k a site accepts and how it groups patients.
+SCHEMA_VERSION = 5
 
 #: The only scalar value types any message field may hold (bool is checked before int).
 SCALAR_TYPES: tuple[type, ...] = (bool, int, float, str, bytes)
@@ -195,6 +197,8 @@ class SynthesizeQuery(WireMessage):
 
 #: k-SALSA release methods a coordinator may ask for (mirrors agent.ksalsa.baselines.Method).
 KSALSA_METHODS = ("ksalsa", "centroid", "k-same-pixel", "k-same-eigen")
+# How a site forms k-SALSA groups (agent.ksalsa.clustering): by similarity (published) or at random.
+KSALSA_GROUPINGS = ("nearest", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,12 +368,19 @@ class StatusReply(WireMessage):
     delta: float
     unit: PrivacyUnit
     min_patients: int
+    min_k: int
+    ksalsa_groups: str
     epsilon_spent: float
     num_patients: int
     agent_version: str
 
     def validate(self) -> None:
         _site_id(self)
+        if self.min_k < 2:
+            raise MessageSchemaError(f"{self.KIND}: min_k must be >= 2, got {self.min_k}")
+        if self.ksalsa_groups not in KSALSA_GROUPINGS:
+            raise MessageSchemaError(f"{self.KIND}: ksalsa_groups must be one of {list(KSALSA_GROUPINGS)}, "
+                                     f"got {self.ksalsa_groups!r}")
         for t in self.accepted_tasks:
             try:
                 Task(t)

@@ -32,8 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from protocols.errors import BadInputError, KAnonymityError
-
-GROUPINGS = ("nearest", "random")
+from protocols.messages import KSALSA_GROUPINGS as GROUPINGS
 
 log = logging.getLogger(__name__)
 

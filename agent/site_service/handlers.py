@@ -59,6 +59,8 @@ def handle_status(site: SiteConfig, request: m.Envelope, *, engine: TrainingEngi
             delta=float(site.privacy.delta),
             unit=site.privacy.unit,
             min_patients=site.privacy.min_patients,
+            min_k=site.privacy.min_k,
+            ksalsa_groups=site.privacy.ksalsa_groups,
             epsilon_spent=float(spent),
             num_patients=record.num_patients if record else 0,
             agent_version=_agent_version(),

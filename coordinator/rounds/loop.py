@@ -215,8 +215,10 @@ def _identify_sites(transport: SiteTransport, plan: FederationPlan, budget: Cons
             continue
         sites[node] = status.site_id
         budget.register(status.site_id, site_max_epsilon=status.max_epsilon, spent=status.epsilon_spent)
+        ksalsa = (f" (min k {status.min_k}, {status.ksalsa_groups} groups)"
+                  if Task.KSALSA.value in status.accepted_tasks else "")
         say(f"site {status.site_id} (node {node}): max epsilon {status.max_epsilon:g}, spent {status.epsilon_spent:.3g}, "
-            f"accepts {', '.join(status.accepted_tasks)}")
+            f"accepts {', '.join(status.accepted_tasks)}{ksalsa}")
     return sites
 
 

@@ -23,7 +23,7 @@ def task_identity(monkeypatch):
 
 def _status(site: str) -> m.Envelope:
     return m.Envelope(m.StatusReply(site_id=site, accepted_tasks=("dpgan",), max_epsilon=8.0, delta=1e-5,
-                                    unit=PrivacyUnit.PATIENT, min_patients=3, epsilon_spent=0.0, num_patients=3,
+                                    unit=PrivacyUnit.PATIENT, min_patients=3, min_k=5, ksalsa_groups="nearest", epsilon_spent=0.0, num_patients=3,
                                     agent_version="t"))
 
 

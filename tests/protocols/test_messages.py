@@ -88,11 +88,15 @@ def test_config_round_trip_keeps_enums_and_optionals() -> None:
     assert "claim" not in reply.to_config()
     status = m.StatusReply(
         site_id="hospital-b", accepted_tasks=("dpgan", "synthesize"), max_epsilon=8.0, delta=1e-5,
-        unit=PrivacyUnit.IMAGE, min_patients=3, epsilon_spent=0.0, num_patients=6, agent_version="0.1.0",
+        unit=PrivacyUnit.IMAGE, min_patients=3, min_k=5, ksalsa_groups="nearest", epsilon_spent=0.0, num_patients=6, agent_version="0.1.0",
     )
     assert m.StatusReply.from_config(status.to_config()) == status
     with pytest.raises(MessageSchemaError, match="unknown task"):
         dataclasses.replace(status, accepted_tasks=("export-raw",))
+    with pytest.raises(MessageSchemaError, match="ksalsa_groups must be one of"):
+        dataclasses.replace(status, ksalsa_groups="kmeans")
+    with pytest.raises(MessageSchemaError, match="min_k must be >= 2"):
+        dataclasses.replace(status, min_k=1)
 
 
 def test_flower_round_trip_carries_arrays_and_metrics() -> None:

@@ -151,7 +151,7 @@ def test_raw_scanner_values_and_extra_arrays_in_synthesize_are_blocked() -> None
 
 def test_arrays_on_status_or_refusal_are_blocked() -> None:
     status = m.StatusReply(site_id="hospital-a", accepted_tasks=("dpgan",), max_epsilon=8.0, delta=1e-5,
-                           unit=PrivacyUnit.PATIENT, min_patients=3, epsilon_spent=0.0, num_patients=3,
+                           unit=PrivacyUnit.PATIENT, min_patients=3, min_k=5, ksalsa_groups="nearest", epsilon_spent=0.0, num_patients=3,
                            agent_version="0.1.0")
     with pytest.raises(EgressBlockedError, match="may not carry arrays"):
         check_outgoing(m.Envelope(status, {"x": np.zeros((8, 8), np.float32)}), _policy())

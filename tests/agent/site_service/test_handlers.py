@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -111,6 +112,9 @@ def test_status_reports_policy_and_spend(site, engine) -> None:
     assert isinstance(reply, m.StatusReply)
     assert reply.epsilon_spent == pytest.approx(1.5) and reply.max_epsilon == 4.0
     assert reply.accepted_tasks == ("dpgan", "synthesize") and reply.num_patients == engine.patients
+    strict = dataclasses.replace(site, privacy=dataclasses.replace(site.privacy, min_k=7, ksalsa_groups="random"))
+    reply = handle_status(strict, m.Envelope(m.StatusQuery(run_id="run-1", dataset_id="tof")), engine=engine).message
+    assert (reply.min_k, reply.ksalsa_groups) == (7, "random")  # the k-SALSA policy, before any release round
 
 
 def test_unexpected_error_becomes_generic_refusal(site, engine) -> None:
