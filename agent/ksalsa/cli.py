@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Cluster the site's fundus photographs into groups of at least k distinct patients and "
             "write one synthetic image per group (PNG, DICOM OP marked synthetic, and a manifest with "
             "each group's size and majority grade) under <state>/outputs/ksalsa/. k below the site's "
-            "privacy.min_k is refused. k-SALSA and centroid need the site's StyleGAN and encoder "
+            "privacy.min_k is refused. Groups are formed as the site's privacy.ksalsa_groups says: "
+            "nearest (published: similar patients together) or random (a shuffle with the site's secret "
+            "seed; less membership leakage). k-SALSA and centroid need the site's StyleGAN and encoder "
             "checkpoints (default <state>/models/stylegan.pt and encoder.pt)."
         ),
     )
@@ -51,8 +53,8 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.claim is not None:
         outcome.claim.commit()
     release = outcome.release
-    print(f"released {len(release.images)} {release.method} images (k={release.k}, min_k={release.min_k}) "
-          f"to {release.folder}")
+    print(f"released {len(release.images)} {release.method} images (k={release.k}, min_k={release.min_k}, "
+          f"{release.grouping} groups) to {release.folder}")
     print("distinct patients per image: " + ", ".join(str(n) for n in release.cluster_sizes))
     print(f"images sha256: {release.images_sha256}" + ("; claim recorded in the site log" if outcome.claim else ""))
     return 0

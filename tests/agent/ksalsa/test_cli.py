@@ -32,7 +32,7 @@ def test_release_from_ingested_photographs(tmp_path, tiny_fundus, capsys) -> Non
     capsys.readouterr()
     assert main(["-q", "ksalsa", "--config", config, "--k", "3", "--method", "k-same-pixel"]) == 0
     out = capsys.readouterr().out
-    assert "released 3 k-same-pixel images (k=3, min_k=3)" in out
+    assert "released 3 k-same-pixel images (k=3, min_k=3, nearest groups)" in out
     manifest = json.loads(next((tmp_path / "state" / "outputs" / "ksalsa").rglob("ksalsa-release.json")).read_text())
     assert sorted(i["num_patients"] for i in manifest["images"]) == [3, 3, 4]
     assert all(i["majority_grade"] is not None for i in manifest["images"])
