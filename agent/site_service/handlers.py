@@ -43,6 +43,8 @@ _REFUSAL_CODES: tuple[tuple[type[errors.AnonfedError], str], ...] = (
     (errors.AnonfedError, "error"),
 )
 _WITHHELD = "request refused; the reason was withheld by the egress guard, see the site log"
+_GUARD_BLOCKED = ("the reply was blocked by the site's egress guard and not sent; the site's egress-blocked log "
+                  "names the rule it broke")
 
 
 def handle_status(site: SiteConfig, request: m.Envelope, *, engine: TrainingEngine) -> m.Envelope:
@@ -283,8 +285,10 @@ def _guarded(
         if pending is not None:
             policy = dataclasses.replace(policy, claim_pins=claim_pins(site))
         check_outgoing(env, policy)
-    except errors.EgressBlockedError as exc:
-        return refusal(site, request, round_, exc)
+    except errors.EgressBlockedError:
+        # The guard's findings may quote the blocked reply (a claim's keys, a shape, a number): they
+        # stay in the site's blocked log, and the refusal only says that the guard blocked it.
+        return refusal(site, request, round_, errors.EgressBlockedError(_GUARD_BLOCKED))
     if pending is not None:
         pending.commit()  # fsync'd in the site's own claim log before the reply leaves
     return env

@@ -444,3 +444,20 @@ def test_ledger_behind_refusal_with_a_tampered_resent_claim_goes_out_without_cla
     out = behind((tampered.to_bytes(),))
     assert isinstance(out, m.Refusal) and out.code == m.LEDGER_BEHIND and out.prior_claims is None
     assert "claim 0 differs from the site's logged claim" in (site.state.root / "federation" / "egress-blocked.jsonl").read_text()
+
+
+def test_a_blocked_reply_is_not_quoted_in_the_refusal(site, engine) -> None:
+    # The guard's findings name what it saw (here a claim's JSON key); the refusal that leaves the
+    # site instead of the reply must not carry them, or the refusal would be the channel.
+    from agent.flower_client.enroll import enroll
+    from agent.site_service.claims import PendingClaim
+
+    enroll(site)
+    handle_train(site, _instruction(), engine=engine)
+    hidden = "tumour-board-7731"
+    query = m.Envelope(m.SynthesizeQuery(run_id="run-1", round=2, count=3, seed=0, architecture="wgan-gp", patch_size=8))
+    out = handle_synthesize(site, query, engine=engine, sign_claim=lambda site_, fields: PendingClaim(
+        json.dumps({hidden: "/home/pacs/p1.dcm"}).encode(), lambda: None))
+    assert isinstance(out.message, m.Refusal) and out.message.code == "egress-blocked"
+    assert hidden not in out.message.reason and "blocked by the site's egress guard" in out.message.reason
+    assert hidden in (site.state.root / "federation" / "egress-blocked.jsonl").read_text()
